@@ -1,0 +1,133 @@
+"""Training: known entropy rate, samples, resume, failure modes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ride.data import save_images
+from ride.evaluate import evaluate
+from ride.synthetic import gaussian_ar_field, gaussian_ar_rate
+from ride.train import TrainConfig, Trainer, TrainingError, extract_patches, load_model, train
+
+SIGMA = 0.1
+MCGSM_CFG = {
+    "model": {"nb_size": 3, "num_hidden": 0, "num_layers": 0, "num_components": 4, "num_scales": 2, "num_features": 4},
+    "train": {"lbfgs_iterations": 200, "lbfgs_patch": 64, "valid_fraction": 0.2},
+}
+RIDE_CFG = {
+    "model": {"nb_size": 3, "num_hidden": 8, "num_layers": 1, "num_components": 4, "num_scales": 2, "num_features": 4},
+    "train": {"stages": [{"patch": 16, "lr": 0.5}, {"patch": 20, "lr": 0.1}], "lbfgs_iterations": 100,
+              "valid_fraction": 0.2, "batch_size": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def ar_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ar")
+    images = gaussian_ar_field(32, 64, sigma=SIGMA, seed=1)
+    save_images(root / "train.h5", images[:24])
+    return root / "train.h5", torch.from_numpy(images[24:])
+
+
+@pytest.fixture(scope="module")
+def fitted_mcgsm(ar_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mcgsm")
+    train(MCGSM_CFG, ar_data[0], out, device="cpu", progress=False)
+    return load_model(out / "model.pt")
+
+
+def test_mcgsm_reaches_entropy_rate(fitted_mcgsm, ar_data):
+    result = evaluate(fitted_mcgsm, ar_data[1], tile=32)
+    assert abs(result["bits_per_pixel"] - gaussian_ar_rate(SIGMA)) < 0.02, result
+
+
+def test_ride_reaches_entropy_rate(ar_data, tmp_path):
+    train(RIDE_CFG, ar_data[0], tmp_path, device="cpu", progress=False)
+    model = load_model(tmp_path / "model.pt")
+    assert model.slstm.num_layers == 1
+    result = evaluate(model, ar_data[1], tile=32)
+    assert abs(result["bits_per_pixel"] - gaussian_ar_rate(SIGMA)) < 0.02, result
+
+
+def _stats(images: np.ndarray) -> tuple[float, float, float]:
+    x = images - images.mean()
+    var = float((x**2).mean())
+    horiz = float((x[:, :, 1:] * x[:, :, :-1]).mean() / var)
+    vert = float((x[:, 1:, :] * x[:, :-1, :]).mean() / var)
+    return var, horiz, vert
+
+
+def test_samples_reproduce_variance_and_correlation(fitted_mcgsm, ar_data):
+    gen = torch.Generator().manual_seed(0)
+    samples = fitted_mcgsm.sample(6, 72, 72, generator=gen).numpy()
+    # Drop the border noise and the burn-in rows/columns the sampler needs to forget it.
+    interior = samples[:, 24:, 16:-16]
+    data = ar_data[1].numpy()
+    for got, want, name in zip(_stats(interior), _stats(data), ["variance", "horizontal corr", "vertical corr"]):
+        assert abs(got - want) <= 0.05 * abs(want), (name, got, want)
+
+
+def test_resume_matches_uninterrupted(ar_data, tmp_path):
+    # Checkpoints every 2 batches, interrupted after batch 3: the resumed run redoes batch 3.
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 10, "checkpoint_every": 2, "batch_size": 4})
+    images = torch.from_numpy(gaussian_ar_field(8, 32, seed=3))
+    full = Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "full", "cpu", progress=False).run()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_midway(state):
+        if state["stage"] == 0 and state["batch"] == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "part", "cpu", progress=False, callback=stop_midway).run()
+    assert not (tmp_path / "part" / "model.pt").exists()
+    resumed = Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "part", "cpu", progress=False).run(resume=True)
+    full_state, resumed_state = full.state_dict(), resumed.state_dict()
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        torch.testing.assert_close(resumed_state[key], full_state[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_grow_layers_adds_one_layer_per_stage(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(6, 24, seed=4))
+    model_cfg = {**RIDE_CFG["model"], "num_layers": 3}
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "grow_layers": True, "lbfgs_iterations": 2,
+                                 "stages": [{"patch": 12, "lr": 0.1}] * 4})
+    model = Trainer(model_cfg, cfg, images, tmp_path, "cpu", progress=False).run()
+    assert model.slstm.num_layers == 3
+
+
+def test_nan_loss_stops_without_writing_a_model(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(6, 24, seed=5))
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 2})
+    trainer = Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False)
+    with torch.no_grad():
+        trainer.model.mcgsm.scales.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        trainer.run()
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    with pytest.raises(ValueError, match="patch"):
+        TrainConfig.from_dict({"stages": [{"size": 8, "lr": 1.0}]})
+    with pytest.raises(ValueError, match="unknown top-level"):
+        train({"modle": {}}, "unused.h5", "unused")
+
+
+def test_extract_patches_are_non_overlapping_tiles():
+    images = torch.arange(2 * 10 * 9, dtype=torch.float32).reshape(2, 10, 9)
+    patches = extract_patches(images, 4)
+    assert patches.shape == (2 * 2 * 2, 4, 4)
+    values = patches.flatten()
+    assert values.unique().numel() == values.numel()
+    torch.testing.assert_close(patches[1], images[0, 0:4, 4:8])
+    with pytest.raises(ValueError, match="exceeds"):
+        extract_patches(images, 11)
