@@ -70,7 +70,10 @@ def verify_checksum(path: str | os.PathLike) -> None:
     sidecar = checksum_path(path)
     if not sidecar.exists():
         return
-    expected = sidecar.read_text().split()[0]
+    words = sidecar.read_text().split()
+    if not words:
+        raise DataError(f"{sidecar} is empty; delete it and rebuild {path} (e.g. re-run snakemake)")
+    expected = words[0]
     actual = sha256sum(path)
     if actual != expected:
         raise DataError(

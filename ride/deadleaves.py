@@ -24,8 +24,9 @@ Model
   (:func:`sample_disks`; the test suite checks that centres inside the image carry the pure
   ``r**-3`` law.)
 * **Grey levels**: uniform integers ``0 .. grey_levels - 1`` (default 256, i.e. 8 bits),
-  independent of size and position (Lee et al. use independent intensities per leaf; uniform
-  is the choice of Zoran & Weiss 2012 and of the ``deadleaves`` package's examples).
+  drawn for each leaf independently of its size and position (the independence assumption of
+  the dead-leaves model; the uniform law is the one the project's brief names, and the one the
+  examples of the ``deadleaves`` Python package use).
 * **Occlusion**: the *sequential* (Matheron) model simulated front to back: the first disk
   placed is in front, each later disk only fills pixels that are still uncovered, and
   generation stops as soon as every pixel is covered. Kendall & Thönnes (1999, "Perfect

@@ -42,7 +42,7 @@ class RIDE(nn.Module):
         self.whitening = ConditionalWhitening(dim)
         self.slstm = SLSTMStack(dim, num_hidden, num_layers, extended)
         self.mcgsm = MCGSM(self.slstm.output_size, num_components, num_scales, num_features)
-        self.impl = "wavefront"
+        self.impl = "auto"
 
     @property
     def config(self) -> dict[str, Any]:

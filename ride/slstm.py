@@ -12,37 +12,48 @@ outside the grid are zero. Cell (i, j) depends only on cells of the previous ant
 Implementations (``impl=`` of :meth:`SpatialLSTM.forward` and :meth:`SLSTMStack.forward`):
 
 ``"fused"``
-    A custom :class:`torch.autograd.Function` per layer working in a diagonal-major layout
-    (``P x N x F``, pixels ordered diagonal by diagonal, rows ascending inside a diagonal, so a
-    diagonal is one contiguous ``(len * N) x F`` matrix). Forward: the input half of all gates is
-    one GEMM over all pixels; per diagonal one GEMM adds the recurrent half (the left and upper
-    neighbours are kept side by side in a rolling ``(H + 1) x N x K`` buffer, so ``[h_left, h_up]``
-    is a contiguous matrix) and one fused pointwise kernel applies the gates. Backward sweeps the
-    diagonals in reverse computing only the state gradients (one GEMM + one pointwise kernel per
-    diagonal) and then forms the weight gradients as a few large GEMMs over all pixels. On the
-    CPU the pointwise kernels are a small C library compiled on first use (``gcc``, cached); where
-    it cannot be built, and on other devices, the same sweeps run with torch pointwise ops.
+    A custom :class:`torch.autograd.Function` per layer in a diagonal-major layout (pixels
+    ordered diagonal by diagonal, rows ascending inside a diagonal, images innermost, so one
+    diagonal is one contiguous ``(len * N) x F`` matrix; a stack changes layout once). Every
+    pixel's GEMM input ``y = [x, h_left, h_up(, c_left, c_up)]`` is kept: forward, per diagonal,
+    one GEMM ``z = b + y A^T`` (input and recurrent halves together) and one fused pointwise
+    kernel that applies the gates and writes the diagonal's states into the next diagonal's rows
+    of ``y``. Backward sweeps the diagonals in reverse computing only state gradients (one fused
+    pointwise kernel + one GEMM ``dz A_rec`` per diagonal) and forms the weight gradients as one
+    large GEMM ``dz^T y`` per chunk of ~32k rows (plus the input gradient ``dz A_in``).
+    On the CPU the pointwise kernels are a small C library compiled on first use with the
+    system ``gcc`` (cached in ``~/.cache/ride`` or ``$RIDE_CACHE_DIR``) and loaded with ctypes;
+    where torch's MKL exports ``sgemm_`` the kernels also run the per-diagonal GEMMs, each
+    OpenMP thread on its own rows. Without a compiler, and on other devices (CUDA), the same
+    sweeps run with torch ops. Without autograd (evaluation) a lighter forward keeps only
+    rolling buffers.
 ``"fused_torch"``
-    The same autograd Function with torch pointwise ops forced (the CUDA path; testable on CPU).
+    The same autograd Function with torch ops forced (the CUDA path; testable on the CPU).
 ``"wavefront"``
     Diagonal schedule with plain autograd (every pointwise op recorded).
 ``"reference"``
     Plain per-pixel raster schedule, batched over images only (kept for tests and benchmarks).
 ``"auto"`` (default)
     ``"fused"`` for float32/float64 inputs, ``"wavefront"`` otherwise. ``RIDE_SLSTM_IMPL`` in the
-    environment overrides what ``"auto"`` resolves to.
+    environment overrides what ``"auto"`` resolves to; ``impl=`` names force a path.
+
+:func:`mcgsm_log_prob` is the MCGSM likelihood with the mixture part fused into C kernels (same
+values and gradients as ``ride.mcgsm.MCGSM.log_prob``); it is not wired into ride/mcgsm.py.
+Measurements: README.performance.md and ``ride bench``.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import subprocess
 import tempfile
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -105,17 +116,75 @@ def _plan(height: int, width: int, device: torch.device) -> _Plan:
     return plan
 
 
-def to_diagonal(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """``N x H x W x F`` -> diagonal-major ``P x N x F`` (contiguous)."""
+def to_diagonal(x: torch.Tensor, plan: _Plan, groups: int = 1) -> torch.Tensor:
+    """``N x H x W x F`` -> diagonal-major ``G x P x ceil(N/G) x F`` (contiguous; the batch is
+    split into ``groups`` groups of images, zero images pad the last one)."""
     n_img, height, width, feat = x.shape
-    return x.permute(1, 2, 0, 3).reshape(height * width, n_img, feat).index_select(0, plan.order)
+    per = -(-n_img // groups)
+    if per * groups != n_img:
+        x = torch.cat([x, x.new_zeros(per * groups - n_img, height, width, feat)])
+    xd = x.reshape(groups, per, height * width, feat).transpose(1, 2)
+    return xd.index_select(1, plan.order)
 
 
-def from_diagonal(xd: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """Diagonal-major ``P x N x F`` -> ``N x H x W x F`` (contiguous)."""
-    _, n_img, feat = xd.shape
-    out = xd.index_select(0, plan.inverse).view(plan.height, plan.width, n_img, feat)
-    return out.permute(2, 0, 1, 3).contiguous()
+def from_diagonal(xd: torch.Tensor, plan: _Plan, n_img: int | None = None) -> torch.Tensor:
+    """Diagonal-major ``G x P x M x F`` -> ``N x H x W x F`` (contiguous), first ``n_img`` images."""
+    groups, _, per, feat = xd.shape
+    # One gather straight into the raster layout.
+    out = xd.transpose(1, 2).index_select(2, plan.inverse).view(groups * per, plan.height, plan.width, feat)
+    if n_img is not None and n_img != groups * per:
+        out = out[:n_img]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Image groups (opt-in): the batch is split into G groups whose sweeps run concurrently in a
+# small thread pool, each single-threaded (torch ops and the C kernels release the GIL), instead
+# of every GEMM and kernel forking OpenMP threads. Measured on the 2-core development machine
+# (shared with other jobs; 22x22 patches, batch 50, 1 layer, 64 hidden, training step), G = 2
+# was no faster than G = 1 with 2 OpenMP threads (93.4 vs 94.4 ms median), so the default is one
+# group; GROUPS (or RIDE_SLSTM_GROUPS) forces G, e.g. for machines with many cores.
+# ----------------------------------------------------------------------------------------------
+
+GROUPS: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def num_groups(n_img: int, device: torch.device, use_c: bool) -> int:
+    """Image groups for a batch of ``n_img`` (1 off the CPU or without the C kernels)."""
+    if not use_c or device.type != "cpu":
+        return 1
+    forced = GROUPS if GROUPS is not None else int(os.environ.get("RIDE_SLSTM_GROUPS", "1") or 1)
+    return max(1, min(forced, n_img))
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # thread-local: each group runs on one core
+
+
+def _run_groups(fn, groups: int) -> None:
+    """``fn(g)`` for every group: inline for one group, else concurrently in the pool."""
+    global _pool, _pool_size
+    if groups == 1:
+        fn(0)
+        return
+    with _pool_lock:
+        if _pool is None or _pool_size < groups:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(groups, thread_name_prefix="ride-slstm", initializer=_worker_init)
+            _pool_size = groups
+        pool = _pool
+
+    def call(g: int) -> None:
+        with torch.no_grad():
+            fn(g)
+
+    futures = [pool.submit(call, g) for g in range(groups)]
+    for future in futures:
+        future.result()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,21 +195,22 @@ def from_diagonal(xd: torch.Tensor, plan: _Plan) -> torch.Tensor:
 
 _C_SOURCE = r"""
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
 /* float32: Cephes-style exp (rel. error ~1e-7) written so that gcc vectorises the loops. */
 static inline float exp_f(float x) {
-    x = x > 88.0f ? 88.0f : (x < -87.0f ? -87.0f : x);
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
     float fx = floorf(x * 1.44269504088896341f + 0.5f);
     x = x - fx * 0.693359375f - fx * -2.12194440e-4f;
     float z = x * x;
     float y = ((((( 1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x
                 + 4.1665795894e-2f) * x + 1.6666665459e-1f) * x + 5.0000001201e-1f) * z + x + 1.0f;
-    int32_t e = ((int32_t)fx + 127) << 23;
-    float s;
-    memcpy(&s, &e, 4);
-    return y * s;
+    union { int32_t i; float f; } u;
+    u.i = ((int32_t)fx + 127) << 23;
+    return y * u.f;
 }
 static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 static inline float tanh_f(float x) {
@@ -158,22 +228,39 @@ static inline double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline double tanh_d(double x) { return tanh(x); }
 
 /*
- * Forward of one diagonal of L rows x N images.
+ * Forward of one diagonal of L rows (lo..lo+L-1) x N images.
  *   z   : (L*N, 5h) pre-activations (input + recurrent GEMMs); overwritten with the gates
  *         (g, o, i, f_c, f_r) after their nonlinearities.
  *   c,hh: (L*N, h) cell and hidden states of this diagonal (written).
- *   cin : rolling buffer from row lo, row stride N*kc: c_left at column cl, c_up at column cu.
- *   cout: rolling buffer for the next diagonal (same layout; may not alias cin).
- *   hb  : rolling buffer of recurrent GEMM inputs, row stride N*kb: h written at column hl
- *         (same row) and hu (next row); when ext, c also written at columns ecl / ecu.
+ *   cin : c_left at column cl and c_up at column cu of this diagonal's rows (row stride N*kc).
+ *   cout: when not NULL, c is written there for the next diagonal (same layout as cin, rows
+ *         from lo, c at column cl of the same row and cu of the next row; may not alias cin).
+ *   nxt : the next diagonal's recurrent GEMM input [h_left, h_up(, c_left, c_up)], rows nlo..nhi
+ *         (row stride N*kb), or NULL. Every entry of it is written (zeros on the grid border).
  */
-#define DEFINE_FWD(NAME, T, SIG, TANH)                                                           \
-void NAME(int L, int N, int h, T *z, T *c, T *hh, const T *cin, T *cout, int kc, int cl, int cu, \
-          T *hb, int kb, int hl, int hu, int ext, int ecl, int ecu, int nthreads) {              \
-    const int64_t h5 = 5 * (int64_t)h;                                                            \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                           \
-    for (int64_t q = 0; q < (int64_t)L * N; q++) {                                                \
+#define DEFINE_FWD(NAME, T, SIG, TANH, GEMM)                                                     \
+void NAME(int L, int N, int h, int lo, T *z, T *c, T *hh, const T *cin, int kc, int cl, int cu, \
+          T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads,                       \
+          GEMM gemm, set_threads_t set_threads, const T *y, const T *w, int kall, const T *bias) { \
+    const int64_t h5 = 5 * (int64_t)h, total = (int64_t)L * N;                                   \
+    _Pragma("omp parallel num_threads(nthreads)")                                                 \
+    {                                                                                              \
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();                                \
+    const int64_t q0 = total * t / nt, q1 = total * (t + 1) / nt;                                  \
+    if (gemm && q1 > q0) {                                                                         \
+        /* z[q0:q1] = y[q0:q1] @ w^T on this thread's rows (column-major BLAS: z^T = w y^T) */     \
+        int m = (int)(q1 - q0), n5 = 5 * h, prev = set_threads ? set_threads(1) : 0;              \
+        T one = 1, zero = 0;                                                                       \
+        gemm("T", "N", &n5, &m, &kall, &one, w, &kall, y + q0 * kall, &kall, &zero, z + q0 * h5, &n5); \
+        if (set_threads) set_threads(prev);                                                        \
+    }                                                                                              \
+    for (int64_t q = q0; q < q1; q++) {                                                           \
+        const int r = lo + (int)(q / N), n = (int)(q % N);                                        \
         T *zq = z + q * h5;                                                                        \
+        if (bias) {                                                                                \
+            _Pragma("omp simd")                                                                    \
+            for (int k = 0; k < 5 * h; k++) zq[k] += bias[k];                                      \
+        }                                                                                          \
         const T *cl_ = cin + q * kc + cl, *cu_ = cin + q * kc + cu;                                \
         T *cq = c + q * h, *hq = hh + q * h;                                                       \
         _Pragma("omp simd")                                                                        \
@@ -188,22 +275,41 @@ void NAME(int L, int N, int h, T *z, T *c, T *hh, const T *cin, T *cout, int kc,
             cq[k] = cv;                                                                            \
             hq[k] = TANH(cv * o);                                                                  \
         }                                                                                          \
-        T *own = hb + q * kb, *below = hb + (q + N) * kb;                                          \
-        T *cown = cout + q * kc, *cbelow = cout + (q + N) * kc;                                    \
-        for (int k = 0; k < h; k++) {                                                              \
-            own[hl + k] = hq[k]; below[hu + k] = hq[k];                                            \
-            cown[cl + k] = cq[k]; cbelow[cu + k] = cq[k];                                          \
+        if (cout) {                                                                                \
+            T *cown = cout + q * kc + cl, *cbelow = cout + (q + N) * kc + cu;                      \
+            for (int k = 0; k < h; k++) { cown[k] = cq[k]; cbelow[k] = cq[k]; }                    \
         }                                                                                          \
-        if (ext) {                                                                                 \
-            for (int k = 0; k < h; k++) { own[ecl + k] = cq[k]; below[ecu + k] = cq[k]; }          \
+        if (nxt) {                                                                                 \
+            if (r >= nlo && r <= nhi) {                                                            \
+                T *dst = nxt + ((int64_t)(r - nlo) * N + n) * kb;                                  \
+                for (int k = 0; k < h; k++) dst[k] = hq[k];                                        \
+                if (ext) for (int k = 0; k < h; k++) dst[2 * h + k] = cq[k];                       \
+            }                                                                                      \
+            if (r + 1 >= nlo && r + 1 <= nhi) {                                                    \
+                T *dst = nxt + ((int64_t)(r + 1 - nlo) * N + n) * kb;                              \
+                for (int k = 0; k < h; k++) dst[h + k] = hq[k];                                    \
+                if (ext) for (int k = 0; k < h; k++) dst[3 * h + k] = cq[k];                       \
+            }                                                                                      \
+            /* Border: the next diagonal's cell in column 0 has no left, the one in row 0 no up. */ \
+            if (r == lo + L - 1 && r + 1 == nhi) {                                                 \
+                T *dst = nxt + ((int64_t)(nhi - nlo) * N + n) * kb;                                \
+                for (int k = 0; k < h; k++) dst[k] = 0;                                            \
+                if (ext) for (int k = 0; k < h; k++) dst[2 * h + k] = 0;                           \
+            }                                                                                      \
+            if (r == lo && nlo == 0) {                                                             \
+                T *dst = nxt + (int64_t)n * kb;                                                    \
+                for (int k = 0; k < h; k++) dst[h + k] = 0;                                        \
+                if (ext) for (int k = 0; k < h; k++) dst[3 * h + k] = 0;                           \
+            }                                                                                      \
         }                                                                                          \
+    }                                                                                              \
     }                                                                                              \
 }
 
 /*
  * Backward of one diagonal (rows lo..lo+L-1) given the gradients flowing back from the next
  * diagonal (rows nlo..nhi; nlo > nhi when there is none).
- *   z    : (L*N, 5h) gates from the forward; overwritten with dL/d(pre-activations).
+ *   z    : (L*N, 5h) gates from the forward;  dz: (L*N, 5h) dL/d(pre-activations) (written).
  *   c, hh: (L*N, h) this diagonal's states;  gout: (L*N, h) gradient of the layer's output.
  *   cprev: previous diagonal's cell states (rows plo..phi), compact (row stride N*h); NULL if none.
  *   db   : (H+1, N, kb) full buffer: dL/d(recurrent inputs) of the next diagonal at its rows;
@@ -211,13 +317,18 @@ void NAME(int L, int N, int h, T *z, T *c, T *hh, const T *cin, T *cout, int kc,
  *   dcin : (H+1, N, 2h) full buffer, next diagonal's dc*f_c (columns 0..h) and dc*f_r (h..2h).
  *   dcout: same layout, written for this diagonal's rows (may not alias dcin).
  */
-#define DEFINE_BWD(NAME, T)                                                                      \
-void NAME(int L, int N, int h, int lo, T *z, const T *c, const T *hh, const T *gout,            \
+#define DEFINE_BWD(NAME, T, GEMM)                                                                \
+void NAME(int L, int N, int h, int lo, const T *z, T *dz, const T *c, const T *hh, const T *gout, \
           const T *cprev, int plo, int phi, const T *db, int kb, int hl, int hu, int ext,        \
-          int ecl, int ecu, int nlo, int nhi, const T *dcin, T *dcout, int nthreads) {           \
-    const int64_t h5 = 5 * (int64_t)h;                                                            \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                           \
-    for (int64_t q = 0; q < (int64_t)L * N; q++) {                                                \
+          int ecl, int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads,    \
+          GEMM gemm, set_threads_t set_threads, const T *wrec, T *drec) {                         \
+    const int64_t h5 = 5 * (int64_t)h, total = (int64_t)L * N;                                   \
+    _Pragma("omp parallel num_threads(nthreads)")                                                 \
+    {                                                                                              \
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();                                \
+    const int64_t q0 = total * t / nt, q1 = total * (t + 1) / nt;                                  \
+    T *acc = dbias + (int64_t)t * h5;                                                              \
+    for (int64_t q = q0; q < q1; q++) {                                                           \
         const int r = lo + (int)(q / N), n = (int)(q % N);                                        \
         const int same = (r >= nlo && r <= nhi), below = (r + 1 >= nlo && r + 1 <= nhi);          \
         const int has_left = cprev && r >= plo && r <= phi;                                        \
@@ -230,7 +341,8 @@ void NAME(int L, int N, int h, int lo, T *z, const T *c, const T *hh, const T *g
         const T ml = has_left ? 1 : 0, mu = has_up ? 1 : 0;                                        \
         const T ms = same ? 1 : 0, mb = below ? 1 : 0, me = ext ? 1 : 0;                           \
         const int ecl_ = ext ? ecl : 0, ecu_ = ext ? ecu : 0;                                      \
-        T *zq = z + q * h5;                                                                        \
+        const T *zq = z + q * h5;                                                                  \
+        T *dzq = dz + q * h5;                                                                      \
         const T *cq = c + q * h, *hq = hh + q * h, *gq = gout + q * h;                             \
         T *dco = dcout + ((int64_t)r * N + n) * 2 * h;                                            \
         _Pragma("omp simd")                                                                        \
@@ -242,21 +354,103 @@ void NAME(int L, int N, int h, int lo, T *z, const T *c, const T *hh, const T *g
             T dm = dh * (1 - t * t);                                                               \
             dc += dm * o;                                                                          \
             T clv = ml * cl_[k], cuv = mu * cu_[k];                                                \
-            zq[k] = dc * i * (1 - g * g);                                                          \
-            zq[h + k] = dm * cv * o * (1 - o);                                                     \
-            zq[2 * h + k] = dc * g * i * (1 - i);                                                  \
-            zq[3 * h + k] = dc * clv * fc * (1 - fc);                                              \
-            zq[4 * h + k] = dc * cuv * fr * (1 - fr);                                              \
+            T zg = dc * i * (1 - g * g), zo = dm * cv * o * (1 - o), zi = dc * g * i * (1 - i);     \
+            T zc = dc * clv * fc * (1 - fc), zr = dc * cuv * fr * (1 - fr);                         \
+            dzq[k] = zg; dzq[h + k] = zo; dzq[2 * h + k] = zi; dzq[3 * h + k] = zc; dzq[4 * h + k] = zr; \
+            acc[k] += zg; acc[h + k] += zo; acc[2 * h + k] += zi; acc[3 * h + k] += zc; acc[4 * h + k] += zr; \
             dco[k] = dc * fc;                                                                      \
             dco[h + k] = dc * fr;                                                                  \
         }                                                                                          \
     }                                                                                              \
+    if (gemm && q1 > q0) {                                                                         \
+        /* drec[q0:q1] = dz[q0:q1] @ wrec (wrec: 5h x kb row-major) on this thread's rows */        \
+        int m = (int)(q1 - q0), n5 = 5 * h, prev = set_threads ? set_threads(1) : 0;              \
+        T one = 1, zero = 0;                                                                       \
+        gemm("N", "N", &kb, &m, &n5, &one, wrec, &kb, dz + q0 * h5, &n5, &zero, drec + q0 * kb, &kb); \
+        if (set_threads) set_threads(prev);                                                        \
+    }                                                                                              \
+    }                                                                                              \
 }
 
-DEFINE_FWD(slstm_fwd_f32, float, sigmoid_f, tanh_f)
-DEFINE_FWD(slstm_fwd_f64, double, sigmoid_d, tanh_d)
-DEFINE_BWD(slstm_bwd_f32, float)
-DEFINE_BWD(slstm_bwd_f64, double)
+typedef int (*set_threads_t)(int);
+typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
+                        const float *, const int *, const float *, const int *, const float *, float *, const int *);
+typedef void (*dgemm_t)(const char *, const char *, const int *, const int *, const int *, const double *,
+                        const double *, const int *, const double *, const int *, const double *, double *,
+                        const int *);
+DEFINE_FWD(slstm_fwd_f32, float, sigmoid_f, tanh_f, sgemm_t)
+DEFINE_FWD(slstm_fwd_f64, double, sigmoid_d, tanh_d, dgemm_t)
+DEFINE_BWD(slstm_bwd_f32, float, sgemm_t)
+DEFINE_BWD(slstm_bwd_f64, double, dgemm_t)
+
+/*
+ * MCGSM mixture part, one row (pixel) at a time: with e_c = sum_n beta_cn^2 (b_n^T h)^2 and
+ * r_c = (y - a_c^T h)^2, gate_cs = eta_cs + nh_cs e_c and joint_cs = gate_cs + cst_cs + nh_cs r_c
+ * (nh = -exp(alpha)/2, cst = alpha/2 - log(2 pi)/2); log p = lse(joint) - lse(gate).
+ */
+#define DEFINE_MCGSM(FWD, BWD, T, EXP, LOG)                                                      \
+void FWD(int64_t M, int K, int S, const T *e, const T *r, const T *eta, const T *nh, const T *cst, \
+         T *lp, T *lse_j, T *lse_g, int nthreads) {                                               \
+    const int KS = K * S;                                                                          \
+    _Pragma("omp parallel num_threads(nthreads)")                                                 \
+    {                                                                                              \
+        T E[KS], R[KS], G[KS], J[KS];                                                              \
+        _Pragma("omp for schedule(static)")                                                       \
+        for (int64_t m = 0; m < M; m++) {                                                          \
+            const T *em = e + m * K, *rm = r + m * K;                                              \
+            for (int c = 0; c < K; c++)                                                            \
+                for (int s = 0; s < S; s++) { E[c * S + s] = em[c]; R[c * S + s] = rm[c]; }        \
+            T mg = -INFINITY, mj = -INFINITY;                                                      \
+            _Pragma("omp simd reduction(max:mg,mj)")                                               \
+            for (int cs = 0; cs < KS; cs++) {                                                      \
+                T g = eta[cs] + nh[cs] * E[cs];                                                    \
+                T j = g + cst[cs] + nh[cs] * R[cs];                                                \
+                G[cs] = g; J[cs] = j;                                                              \
+                mg = g > mg ? g : mg; mj = j > mj ? j : mj;                                        \
+            }                                                                                      \
+            T sg = 0, sj = 0;                                                                      \
+            _Pragma("omp simd reduction(+:sg,sj)")                                                 \
+            for (int cs = 0; cs < KS; cs++) { sg += EXP(G[cs] - mg); sj += EXP(J[cs] - mj); }      \
+            T lj = mj + LOG(sj), lg = mg + LOG(sg);                                                \
+            lse_j[m] = lj; lse_g[m] = lg; lp[m] = lj - lg;                                         \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+/* Backward: de, dr (M x K) and per-thread sums of dL/deta and dL/dalpha (nthreads x K*S). */     \
+void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T *eta, const T *nh, \
+         const T *cst, const T *lse_j, const T *lse_g, T *de, T *dr, T *deta, T *dalpha, int nthreads) { \
+    const int KS = K * S;                                                                          \
+    _Pragma("omp parallel num_threads(nthreads)")                                                 \
+    {                                                                                              \
+        T E[KS], R[KS], P[KS], D[KS];                                                              \
+        int t = omp_get_thread_num();                                                              \
+        T *ae = deta + (int64_t)t * KS, *aa = dalpha + (int64_t)t * KS;                            \
+        _Pragma("omp for schedule(static)")                                                       \
+        for (int64_t m = 0; m < M; m++) {                                                          \
+            const T *em = e + m * K, *rm = r + m * K;                                              \
+            const T g = gout[m], lj = lse_j[m], lg = lse_g[m];                                     \
+            for (int c = 0; c < K; c++)                                                            \
+                for (int s = 0; s < S; s++) { E[c * S + s] = em[c]; R[c * S + s] = rm[c]; }        \
+            _Pragma("omp simd")                                                                    \
+            for (int cs = 0; cs < KS; cs++) {                                                      \
+                T gate = eta[cs] + nh[cs] * E[cs];                                                 \
+                T p = g * EXP(gate + cst[cs] + nh[cs] * R[cs] - lj);                               \
+                T pq = p - g * EXP(gate - lg);                                                     \
+                ae[cs] += pq;                                                                      \
+                aa[cs] += (T)0.5 * p + nh[cs] * (pq * E[cs] + p * R[cs]);                          \
+                P[cs] = p * nh[cs]; D[cs] = pq * nh[cs];                                           \
+            }                                                                                      \
+            for (int c = 0; c < K; c++) {                                                          \
+                T sde = 0, sdr = 0;                                                                \
+                for (int s = 0; s < S; s++) { sde += D[c * S + s]; sdr += P[c * S + s]; }          \
+                de[m * K + c] = sde; dr[m * K + c] = sdr;                                          \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+}
+
+DEFINE_MCGSM(mcgsm_fwd_f32, mcgsm_bwd_f32, float, exp_f, logf)
+DEFINE_MCGSM(mcgsm_fwd_f64, mcgsm_bwd_f64, double, exp, log)
 
 /* Accuracy probes for the tests. */
 void probe_f32(int n, const float *x, float *tanh_out, float *sig_out) {
@@ -264,7 +458,14 @@ void probe_f32(int n, const float *x, float *tanh_out, float *sig_out) {
 }
 """
 
-_C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-std=c99"]
+# -fno-trapping-math lets gcc vectorise the selects and floorf of exp_f (torch builds with it
+# too); -funsafe-math-optimizations (reciprocals, reassociation: ~1.6x faster forward kernel)
+# is given to the compile step only: linked into a shared library by gcc < 13 it would add
+# crtfastmath.o, which turns on flush-to-zero for the whole process. NaNs still propagate
+# (no -ffinite-math-only).
+_C_COMPILE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-std=c99",
+                    "-fno-math-errno", "-fno-trapping-math", "-funsafe-math-optimizations"]
+_C_LINK_FLAGS = ["-shared", "-fopenmp"]
 _c_lock = threading.Lock()
 _c_lib: ctypes.CDLL | None = None
 _c_error: str | None = None
@@ -283,7 +484,9 @@ def _cpu_signature() -> str:
 
 def _build_c_kernels() -> ctypes.CDLL:
     cc = os.environ.get("CC", "gcc")
-    key = hashlib.sha256("\n".join([_C_SOURCE, cc, *_C_FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\n".join([_C_SOURCE, cc, *_C_COMPILE_FLAGS, *_C_LINK_FLAGS, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
     cache = Path(os.environ.get("RIDE_CACHE_DIR", Path.home() / ".cache" / "ride"))
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -295,18 +498,27 @@ def _build_c_kernels() -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             src = Path(tmp) / "slstm_kernels.c"
             src.write_text(_C_SOURCE)
-            out = Path(tmp) / lib_path.name
-            subprocess.run([cc, *_C_FLAGS, str(src), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
+            obj, out = Path(tmp) / "slstm_kernels.o", Path(tmp) / lib_path.name
+            subprocess.run([cc, *_C_COMPILE_FLAGS, "-c", str(src), "-o", str(obj)], check=True, capture_output=True, timeout=120)
+            subprocess.run([cc, *_C_LINK_FLAGS, str(obj), "-o", str(out), "-lm"], check=True, capture_output=True, timeout=120)
             os.replace(out, lib_path)  # atomic: concurrent builders never see a partial file
     lib = ctypes.CDLL(str(lib_path))
     i, p = ctypes.c_int, ctypes.c_void_p
     for name in ("slstm_fwd_f32", "slstm_fwd_f64"):
-        getattr(lib, name).argtypes = [i, i, i, p, p, p, p, p, i, i, i, p, i, i, i, i, i, i, i]
+        getattr(lib, name).argtypes = [i, i, i, i, p, p, p, p, i, i, i, p, p, i, i, i, i, i, p, p, p, p, i, p]
         getattr(lib, name).restype = None
     for name in ("slstm_bwd_f32", "slstm_bwd_f64"):
-        getattr(lib, name).argtypes = [i, i, i, i, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, i]
+        getattr(lib, name).argtypes = [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i,
+                                       p, p, p, p]
         getattr(lib, name).restype = None
     lib.probe_f32.argtypes = [i, p, p, p]
+    i64 = ctypes.c_int64
+    for name in ("mcgsm_fwd_f32", "mcgsm_fwd_f64"):
+        getattr(lib, name).argtypes = [i64, i, i, p, p, p, p, p, p, p, p, i]
+        getattr(lib, name).restype = None
+    for name in ("mcgsm_bwd_f32", "mcgsm_bwd_f64"):
+        getattr(lib, name).argtypes = [i64, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i]
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -326,6 +538,28 @@ def c_kernels() -> ctypes.CDLL | None:
                     _c_error = f"{type(exc).__name__}: {exc}"
                     warnings.warn(f"SLSTM C kernels unavailable, using torch pointwise ops ({_c_error})", stacklevel=3)
     return _c_lib
+
+
+_blas: dict[str, int | None] | None = None
+
+
+def blas_pointers() -> dict[str, int | None]:
+    """Addresses of ``sgemm_``/``dgemm_`` and ``MKL_Set_Num_Threads_Local`` exported by torch's
+    CPU library (MKL builds), which the C kernels call per thread on their rows; empty where torch
+    has no such symbols (the sweeps then call torch GEMMs per diagonal). RIDE_SLSTM_NO_BLAS
+    disables them."""
+    global _blas
+    if _blas is None:
+        found: dict[str, int | None] = {}
+        if not os.environ.get("RIDE_SLSTM_NO_BLAS"):
+            try:
+                lib = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+                names = {"sgemm": "sgemm_", "dgemm": "dgemm_", "set_threads": "MKL_Set_Num_Threads_Local"}
+                found = {key: ctypes.cast(getattr(lib, sym), ctypes.c_void_p).value for key, sym in names.items()}
+            except (OSError, AttributeError):
+                found = {}
+        _blas = found
+    return _blas
 
 
 def c_kernels_error() -> str | None:
@@ -348,204 +582,424 @@ def _use_c(x: torch.Tensor, force_torch: bool) -> bool:
 
 
 class _FusedSLSTM(torch.autograd.Function):
-    """One SLSTM layer in diagonal-major layout: ``P x N x input`` -> ``P x N x hidden``."""
+    """One SLSTM layer in diagonal-major layout: ``G x P x M x input`` -> ``G x P x M x hidden``
+    (G image groups of M images, see :func:`to_diagonal`)."""
 
     @staticmethod
     def forward(ctx, xd, weight_in, weight_rec, bias, plan, extended, use_c):  # type: ignore[override]
-        num_pix, n_img, _ = xd.shape
+        groups, num_pix, per, size_in = xd.shape
         h = weight_rec.shape[0] // 5
-        k_rec = weight_rec.shape[1]
-        height = plan.height
-        # Gates buffer: input half of every gate as one GEMM over all pixels (plus the bias).
-        gates = torch.addmm(bias, xd.reshape(num_pix * n_img, -1), weight_in.t()).view(num_pix, n_img, 5 * h)
-        cells = xd.new_empty(num_pix, n_img, h)
-        hidden = xd.new_empty(num_pix, n_img, h)
-        # Rolling buffer of recurrent GEMM inputs [h_left, h_up(, c_left, c_up)] indexed by row
-        # (+1 spare row); rows never written stay zero, which is the border of the grid.
-        rec = xd.new_zeros(height + 1, n_img, k_rec)
-        w_rec_t = weight_rec.t()
-        if use_c:
-            _fused_forward_c(plan, gates, cells, hidden, rec, w_rec_t, h, extended)
-        else:
-            _fused_forward_torch(plan, gates, cells, hidden, rec, w_rec_t, h, extended)
-        ctx.save_for_backward(xd, weight_in, weight_rec, gates, cells, hidden)
+        # GEMM inputs y = [x, h_left, h_up(, c_left, c_up)] of every pixel, diagonal-major. Per
+        # diagonal the forward computes all gates as one GEMM (bias + y @ [A_in, A_rec]^T) and the
+        # pointwise kernel writes this diagonal's states into the next diagonal's rows of y; the
+        # backward forms all weight gradients as one GEMM dz^T @ y over all pixels.
+        inputs = xd.new_empty(groups, num_pix, per, size_in + weight_rec.shape[1])
+        inputs[..., :size_in] = xd
+        weight = torch.cat([weight_in, weight_rec], 1)
+        gates = xd.new_empty(groups, num_pix, per, 5 * h)
+        cells = xd.new_empty(groups, num_pix, per, h)
+        hidden = xd.new_empty(groups, num_pix, per, h)
+        sweep = _fused_forward_c if use_c else _fused_forward_torch
+
+        def run(g: int) -> None:
+            sweep(plan, inputs[g], size_in, weight, bias, gates[g], cells[g], hidden[g], h, extended)
+
+        _run_groups(run, groups)
+        ctx.save_for_backward(weight_in, weight_rec, inputs, gates, cells, hidden)
         ctx.plan, ctx.extended, ctx.use_c = plan, extended, use_c
-        ctx.mark_non_differentiable()
         return hidden
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_hidden):  # type: ignore[override]
-        xd, weight_in, weight_rec, gates, cells, hidden = ctx.saved_tensors
+        weight_in, weight_rec, inputs, gates, cells, hidden = ctx.saved_tensors
         plan, extended = ctx.plan, ctx.extended
-        num_pix, n_img, h = hidden.shape
+        groups, num_pix, per, h = hidden.shape
+        size_in = weight_in.shape[1]
         grad_hidden = grad_hidden.contiguous()
-        # The sweep overwrites the saved gates with dL/d(pre-activations); a second backward
-        # through the same graph is refused by autograd (saved tensors are freed after the first).
-        dz = gates
-        if ctx.use_c:
-            _fused_backward_c(plan, dz, cells, hidden, grad_hidden, weight_rec, h, extended)
-        else:
-            _fused_backward_torch(plan, dz, cells, hidden, grad_hidden, weight_rec, h, extended)
-        dz2 = dz.view(num_pix * n_img, 5 * h)
-        grad_x = grad_w_in = grad_w_rec = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (dz2 @ weight_in).view(num_pix, n_img, -1)
-        if ctx.needs_input_grad[1]:
-            grad_w_in = dz2.t() @ xd.reshape(num_pix * n_img, -1)
-        if ctx.needs_input_grad[3]:
-            grad_b = dz2.sum(0)
-        if ctx.needs_input_grad[2]:
-            grad_w_rec = _recurrent_weight_grad(plan, dz, hidden, cells, extended)
+        needs = ctx.needs_input_grad
+        grad_x = inputs.new_empty(groups, num_pix, per, size_in) if needs[0] else None
+        grad_w = [inputs.new_zeros(5 * h, inputs.shape[3]) for _ in range(groups)] if needs[1] or needs[2] else None
+        grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
+        sweep = _fused_backward_c if ctx.use_c else _fused_backward_torch
+
+        def run(g: int) -> None:
+            def flush(p0: int, p1: int, dz: torch.Tensor) -> None:
+                """Gradients of pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
+                rows = (p1 - p0) * per
+                if grad_w is not None:
+                    grad_w[g].addmm_(dz.t(), inputs[g, p0:p1].view(rows, -1))
+                if grad_x is not None:
+                    torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
+
+            # dL/d(pre-activations) lives in a buffer of about _CHUNK_ROWS rows (the saved gates
+            # stay intact, so a graph kept with retain_graph=True can be differentiated again);
+            # every finished chunk of diagonals is flushed into the weight and input gradients.
+            dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush)
+            if grad_b is not None:
+                grad_b[g].copy_(dbias)
+
+        _run_groups(run, groups)
+        grad_w_in = grad_w_rec = None
+        if grad_w is not None:
+            total = torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]
+            grad_w_in, grad_w_rec = total[:, :size_in], total[:, size_in:]
+        if grad_b is not None:
+            grad_b = torch.stack(grad_b).sum(0) if groups > 1 else grad_b[0]
         return grad_x, grad_w_in, grad_w_rec, grad_b, None, None, None
 
 
-def _recurrent_weight_grad(plan: _Plan, dz: torch.Tensor, hidden: torch.Tensor, cells: torch.Tensor, extended: bool):
-    """``sum_pixels dz^T [h_left, h_up(, c_left, c_up)]`` as large GEMMs over chunks of pixels."""
-    num_pix, n_img, h = hidden.shape
-    zero = hidden.new_zeros(1, n_img, h)
-    h_pad = torch.cat([hidden, zero])
-    c_pad = torch.cat([cells, zero]) if extended else None
-    k_rec = (4 if extended else 2) * h
-    grad = dz.new_zeros(5 * h, k_rec)
-    chunk = max(1, (1 << 16) // n_img)  # about 64k rows per GEMM bounds the temporary memory
-    for p0 in range(0, num_pix, chunk):
-        p1 = min(num_pix, p0 + chunk)
-        left, up = plan.left[p0:p1], plan.up[p0:p1]
-        parts = [h_pad.index_select(0, left), h_pad.index_select(0, up)]
-        if extended:
-            parts += [c_pad.index_select(0, left), c_pad.index_select(0, up)]
-        rec = torch.cat(parts, -1).view(-1, k_rec)
-        grad.addmm_(dz[p0:p1].reshape(-1, 5 * h).t(), rec)
-    return grad
+# Below these many elements (rows x hidden units) per diagonal a kernel runs on one thread: an
+# OpenMP fork costs more than it saves there, and much more on a machine shared with others.
+_PARALLEL_MIN_FWD = 1 << 14
+_PARALLEL_MIN_BWD = 1 << 16
+_PARALLEL_MIN_ROWS = 16  # with the GEMMs inside the kernels (per thread, on its rows)
+
+# Rows (pixels x images) of dL/dz kept at once by the backward sweep before its gradient GEMMs.
+_CHUNK_ROWS = 1 << 15
+
+
+def _chunks(plan: "_Plan", n_img: int) -> list[tuple[int, int, int, int]]:
+    """Groups of consecutive diagonals, last first: (first diagonal, last diagonal, p0, p1)."""
+    groups, d_last = [], len(plan.spans) - 1
+    for d in range(len(plan.spans) - 1, -1, -1):
+        off = plan.spans[d][0]
+        end_off, end_lo, end_hi = plan.spans[d_last]
+        p1 = end_off + end_hi - end_lo + 1
+        if (p1 - off) * n_img >= _CHUNK_ROWS or d == 0:
+            groups.append((d, d_last, off, p1))
+            d_last = d - 1
+    return groups
 
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def _fused_forward_c(plan, gates, cells, hidden, rec, w_rec_t, h, extended):
+def _gemm_args(dtype: torch.dtype) -> tuple[int | None, int | None]:
+    """(gemm, set_threads) addresses for the C kernels, or (None, None) to use torch GEMMs."""
+    blas = blas_pointers()
+    gemm = blas.get("sgemm" if dtype == torch.float32 else "dgemm")
+    return (gemm, blas.get("set_threads")) if gemm else (None, None)
+
+
+def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
     lib = c_kernels()
     fn = lib.slstm_fwd_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_f64
-    n_img = gates.shape[1]
-    k_rec = rec.shape[2]
-    # Rolling cell-state buffers [c_left, c_up] (ping-pong: the kernel reads one, writes the other).
-    cbuf = [gates.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
+    gemm, set_threads = _gemm_args(gates.dtype)
+    weight_t = weight.t()
+    bias = bias.contiguous()
+    n_img, k_all = inputs.shape[1], inputs.shape[2]
+    inputs[0, :, size_in:].zero_()  # the first pixel has no neighbours; the kernel fills the rest
+    if extended:
+        cbuf = None  # c_left and c_up are read from the GEMM inputs
+    else:
+        # Rolling [c_left, c_up] by row (ping-pong: the kernel reads one and writes the other);
+        # entries never written stay zero: the border of the grid.
+        cbuf = [gates.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
     nthreads = torch.get_num_threads()
     isz = gates.element_size()
-    g_row, s_row, r_row, c_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_rec * isz, n_img * 2 * h * isz
-    g0, c0, h0, r0 = _ptr(gates), _ptr(cells), _ptr(hidden), _ptr(rec)
-    ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
-    for d, (off, lo, hi) in enumerate(plan.spans):
+    g_row, s_row, y_row, c_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_all * isz, n_img * 2 * h * isz
+    g0, c0, h0, w0, b0 = _ptr(gates), _ptr(cells), _ptr(hidden), _ptr(weight), _ptr(bias)
+    yall = _ptr(inputs)
+    y0 = yall + size_in * isz  # recurrent part of the GEMM inputs
+    spans = plan.spans
+    last = len(spans) - 1
+    for d, (off, lo, hi) in enumerate(spans):
         rows = hi - lo + 1
-        z = gates[off : off + rows].view(rows * n_img, 5 * h)
-        if d > 0:
-            z.addmm_(rec[lo : hi + 1].view(rows * n_img, k_rec), w_rec_t)
-        cin, cout = cbuf[d % 2], cbuf[(d + 1) % 2]
-        fn(rows, n_img, h, g0 + off * g_row, c0 + off * s_row, h0 + off * s_row,
-           _ptr(cin) + lo * c_row, _ptr(cout) + lo * c_row, 2 * h, 0, h,
-           r0 + lo * r_row, k_rec, 0, h, int(extended), ecl, ecu, nthreads)
+        if gemm is None:
+            # One torch GEMM per diagonal: gates = bias + [x, h_left, h_up, ...] @ weight^T.
+            torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t,
+                        out=gates[off : off + rows].view(rows * n_img, 5 * h))
+            threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1
+        else:
+            threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
+        if extended:
+            cin, kc, cl, cu, cout = y0 + off * y_row, k_all, 2 * h, 3 * h, None
+        else:
+            cin, kc, cl, cu = _ptr(cbuf[d % 2]) + lo * c_row, 2 * h, 0, h
+            cout = _ptr(cbuf[(d + 1) % 2]) + lo * c_row
+        if d < last:
+            noff, nlo, nhi = spans[d + 1]
+            nxt = y0 + noff * y_row
+        else:
+            nxt, nlo, nhi = None, 1, 0
+        fn(rows, n_img, h, lo, g0 + off * g_row, c0 + off * s_row, h0 + off * s_row,
+           cin, kc, cl, cu, cout, nxt, k_all, nlo, nhi, int(extended), threads,
+           gemm, set_threads, yall + off * y_row, w0, k_all, b0 if gemm else None)
 
 
-def _fused_backward_c(plan, dz, cells, hidden, grad_hidden, weight_rec, h, extended):
+def _fused_inference(xd, weight_in, weight_rec, bias, plan, extended):
+    """Forward only (C kernels) of ``G x P x M x input`` inputs, the groups concurrently."""
+    groups, num_pix, per, _ = xd.shape
+    hidden = xd.new_empty(groups, num_pix, per, weight_rec.shape[0] // 5)
+
+    def run(g: int) -> None:
+        _fused_inference_c(xd[g], weight_in, weight_rec, bias, plan, extended, hidden[g])
+
+    _run_groups(run, groups)
+    return hidden
+
+
+def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
+    """Forward only, without the per-pixel history the backward needs: per diagonal two GEMMs
+    (input and recurrent part) into a scratch buffer, the same pointwise kernel, and rolling
+    buffers for the neighbours. Memory: the output plus O(longest diagonal)."""
     lib = c_kernels()
-    fn = lib.slstm_bwd_f32 if dz.dtype == torch.float32 else lib.slstm_bwd_f64
-    n_img = dz.shape[1]
+    fn = lib.slstm_fwd_f32 if xd.dtype == torch.float32 else lib.slstm_fwd_f64
+    num_pix, n_img, _ = xd.shape
+    h = weight_rec.shape[0] // 5
+    k_rec = weight_rec.shape[1]
+    longest = max(hi - lo + 1 for _, lo, hi in plan.spans)
+    z = xd.new_empty(longest * n_img, 5 * h)
+    cells = xd.new_empty(longest * n_img, h)
+    # Ping-pong recurrent inputs of the current / next diagonal (rows from the diagonal's first).
+    recs = [xd.new_zeros(longest * n_img, k_rec) for _ in range(2)]
+    cbuf = None if extended else [xd.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
+    w_in_t, w_rec_t = weight_in.t(), weight_rec.t()
+    nthreads = torch.get_num_threads()
+    isz = xd.element_size()
+    s_row, c_row = n_img * h * isz, n_img * 2 * h * isz
+    h0, z0, cc0 = _ptr(hidden), _ptr(z), _ptr(cells)
+    spans = plan.spans
+    last = len(spans) - 1
+    for d, (off, lo, hi) in enumerate(spans):
+        rows = hi - lo + 1
+        zd = z[: rows * n_img]
+        torch.addmm(bias, xd[off : off + rows].view(rows * n_img, -1), w_in_t, out=zd)
+        cur = recs[d % 2]
+        if d > 0:
+            zd.addmm_(cur[: rows * n_img], w_rec_t)
+        if extended:
+            cin, kc, cl, cu, cout = _ptr(cur), k_rec, 2 * h, 3 * h, None
+        else:
+            cin, kc, cl, cu = _ptr(cbuf[d % 2]) + lo * c_row, 2 * h, 0, h
+            cout = _ptr(cbuf[(d + 1) % 2]) + lo * c_row
+        if d < last:
+            _, nlo, nhi = spans[d + 1]
+            nxt = _ptr(recs[(d + 1) % 2])
+        else:
+            nxt, nlo, nhi = None, 1, 0
+        fn(rows, n_img, h, lo, z0, cc0, h0 + off * s_row, cin, kc, cl, cu, cout, nxt, k_rec, nlo, nhi,
+           int(extended), nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1, None, None, None, None, 0, None)
+    return hidden
+
+
+def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    lib = c_kernels()
+    fn = lib.slstm_bwd_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_f64
+    gemm, set_threads = _gemm_args(gates.dtype)
+    weight_rec = weight_rec.contiguous()
+    n_img = gates.shape[1]
     k_rec = weight_rec.shape[1]
     height = plan.height
-    d_rec = dz.new_zeros(height + 1, n_img, k_rec)
-    dcbuf = [dz.new_zeros(height + 1, n_img, 2 * h) for _ in range(2)]
+    groups = _chunks(plan, n_img)
+    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
+    # dL/d(recurrent inputs) by row, ping-pong: diagonal d reads what d + 1 wrote (rows outside
+    # d + 1's are never read, so neither buffer needs clearing) and writes its own rows.
+    d_recs = [gates.new_zeros(height + 1, n_img, k_rec) for _ in range(2)]
+    dcbuf = [gates.new_zeros(height + 1, n_img, 2 * h) for _ in range(2)]
     nthreads = torch.get_num_threads()
-    isz = dz.element_size()
-    g_row, s_row = n_img * 5 * h * isz, n_img * h * isz
-    z0, c0, h0, go0 = _ptr(dz), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
+    dbias = gates.new_zeros(nthreads, 5 * h)  # per-thread sums of dz: the bias gradient
+    isz = gates.element_size()
+    g_row, s_row, r_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_rec * isz
+    z0, dz0, c0, h0, go0 = _ptr(gates), _ptr(dzbuf), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
+    w0 = _ptr(weight_rec)
     ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
     nlo, nhi = 1, 0  # rows of the next diagonal (none yet)
     steps = plan.steps
-    for d in range(len(steps) - 1, -1, -1):
-        off, lo, hi, prev = steps[d]
-        rows = hi - lo + 1
-        if prev is None:
-            cprev, plo, phi = None, 1, 0
-        else:
-            cprev, plo, phi = c0 + prev[0] * s_row, prev[1], prev[2]
-        dcin, dcout = dcbuf[d % 2], dcbuf[(d + 1) % 2]
-        fn(rows, n_img, h, lo, z0 + off * g_row, c0 + off * s_row, h0 + off * s_row, go0 + off * s_row,
-           cprev, plo, phi, _ptr(d_rec), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
-           _ptr(dcin), _ptr(dcout), nthreads)
-        if d > 0:
-            torch.mm(dz[off : off + rows].view(rows * n_img, 5 * h), weight_rec,
-                     out=d_rec[lo : hi + 1].view(rows * n_img, k_rec))
-        nlo, nhi = lo, hi
+    for d_first, d_last, p0, p1 in groups:
+        for d in range(d_last, d_first - 1, -1):
+            off, lo, hi, prev = steps[d]
+            rows = hi - lo + 1
+            if prev is None:
+                cprev, plo, phi = None, 1, 0
+            else:
+                cprev, plo, phi = c0 + prev[0] * s_row, prev[1], prev[2]
+            dcin, dcout = dcbuf[d % 2], dcbuf[(d + 1) % 2]
+            d_in, d_out = d_recs[(d + 1) % 2], d_recs[d % 2]
+            local = off - p0
+            use_gemm = gemm is not None and d > 0
+            if use_gemm:
+                threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
+            else:
+                threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
+            fn(rows, n_img, h, lo, z0 + off * g_row, dz0 + local * g_row, c0 + off * s_row, h0 + off * s_row,
+               go0 + off * s_row, cprev, plo, phi, _ptr(d_in), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
+               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads,
+               gemm if use_gemm else None, set_threads, w0, _ptr(d_out) + lo * r_row)
+            if d > 0 and not use_gemm:
+                torch.mm(dzbuf[local * n_img : (local + rows) * n_img], weight_rec,
+                         out=d_out[lo : hi + 1].view(rows * n_img, k_rec))
+            nlo, nhi = lo, hi
+        flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
+    return dbias.sum(0)
 
 
-def _fused_forward_torch(plan, gates, cells, hidden, rec, w_rec_t, h, extended):
+def _fused_forward_torch(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
     """Same sweep as the C kernel with torch ops (any device)."""
-    n_img = gates.shape[1]
-    k_rec = rec.shape[2]
-    cbuf = rec[..., 2 * h :] if extended else gates.new_zeros(plan.height + 1, n_img, 2 * h)
-    for d, (off, lo, hi) in enumerate(plan.spans):
+    weight_t = weight.t()
+    n_img, k_all = inputs.shape[1], inputs.shape[2]
+    rec = inputs[..., size_in:]
+    rec.zero_()
+    crec = rec[..., 2 * h :] if extended else gates.new_zeros(inputs.shape[0], n_img, 2 * h)
+    spans = plan.spans
+    for d, (off, lo, hi) in enumerate(spans):
         rows = hi - lo + 1
         z = gates[off : off + rows]
-        if d > 0:
-            z.view(rows * n_img, 5 * h).addmm_(rec[lo : hi + 1].view(rows * n_img, k_rec), w_rec_t)
+        torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t, out=z.view(rows * n_img, 5 * h))
         z[..., :h].tanh_()
         z[..., h:].sigmoid_()
         g, o, i, f_c, f_r = z.split(h, -1)
         c = torch.mul(g, i, out=cells[off : off + rows])
-        c.addcmul_(cbuf[lo : hi + 1, :, :h], f_c).addcmul_(cbuf[lo : hi + 1, :, h:], f_r)
+        c.addcmul_(crec[off : off + rows, :, :h], f_c).addcmul_(crec[off : off + rows, :, h:], f_r)
         hh = torch.mul(c, o, out=hidden[off : off + rows]).tanh_()
-        rec[lo : hi + 1, :, :h] = hh
-        rec[lo + 1 : hi + 2, :, h : 2 * h] = hh
-        cbuf[lo : hi + 1, :, :h] = c
-        cbuf[lo + 1 : hi + 2, :, h:] = c
+        if d + 1 < len(spans):
+            noff, nlo, nhi = spans[d + 1]
+            # The next diagonal's row r reads h_left = this row r, h_up = this row r - 1.
+            a, b = nlo, min(hi, nhi)
+            rec[noff + a - nlo : noff + b - nlo + 1, :, :h] = hh[a - lo : b - lo + 1]
+            crec[noff + a - nlo : noff + b - nlo + 1, :, :h] = c[a - lo : b - lo + 1]
+            a, b = max(lo + 1, nlo), min(hi + 1, nhi)
+            rec[noff + a - nlo : noff + b - nlo + 1, :, h : 2 * h] = hh[a - 1 - lo : b - lo]
+            crec[noff + a - nlo : noff + b - nlo + 1, :, h:] = c[a - 1 - lo : b - lo]
 
 
-def _fused_backward_torch(plan, dz, cells, hidden, grad_hidden, weight_rec, h, extended):
-    n_img = dz.shape[1]
+def _fused_backward_torch(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    """Same reverse sweep as the C kernel with torch ops (any device)."""
+    n_img = gates.shape[1]
     k_rec = weight_rec.shape[1]
-    height = plan.height
     # Gradients w.r.t. the recurrent inputs / cell contributions of the next diagonal, by row.
     # Two spare rows; rows the next diagonal does not cover are kept zero.
-    d_rec = dz.new_zeros(height + 2, n_img, k_rec)
-    d_cell = dz.new_zeros(height + 2, n_img, 2 * h)
+    d_rec = gates.new_zeros(plan.height + 2, n_img, k_rec)
+    d_cell = gates.new_zeros(plan.height + 2, n_img, 2 * h)
     c_pad = torch.cat([cells, cells.new_zeros(1, n_img, h)])
-    steps = plan.steps
-    for d in range(len(steps) - 1, -1, -1):
-        off, lo, hi, _ = steps[d]
-        rows = hi - lo + 1
-        sl = slice(off, off + rows)
-        z = dz[sl]
-        g, o, i, f_c, f_r = z.split(h, -1)
-        t, c = hidden[sl], cells[sl]
-        dh = grad_hidden[sl] + d_rec[lo : hi + 1, :, :h] + d_rec[lo + 1 : hi + 2, :, h : 2 * h]
-        dc = d_cell[lo : hi + 1, :, :h] + d_cell[lo + 1 : hi + 2, :, h:]
-        if extended:
-            dc += d_rec[lo : hi + 1, :, 2 * h : 3 * h] + d_rec[lo + 1 : hi + 2, :, 3 * h :]
-        dm = dh * (1 - t * t)
-        dc.addcmul_(dm, o)
-        c_left = c_pad.index_select(0, plan.left[sl])
-        c_up = c_pad.index_select(0, plan.up[sl])
-        d_cell[lo : hi + 1, :, :h] = dc * f_c
-        d_cell[lo : hi + 1, :, h:] = dc * f_r
-        new = torch.cat(
-            [
-                dc * i * (1 - g * g),
-                dm * c * o * (1 - o),
-                dc * g * i * (1 - i),
-                dc * c_left * f_c * (1 - f_c),
-                dc * c_up * f_r * (1 - f_r),
-            ],
-            -1,
-        )
-        z.copy_(new)
-        d_cell[hi + 1].zero_()
-        if lo > 0:
-            d_cell[lo - 1].zero_()
-        torch.mm(z.view(rows * n_img, 5 * h), weight_rec, out=d_rec[lo : hi + 1].view(rows * n_img, k_rec))
-        d_rec[hi + 1].zero_()
-        if lo > 0:
-            d_rec[lo - 1].zero_()
+    dbias = gates.new_zeros(5 * h)
+    groups = _chunks(plan, n_img)
+    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups), n_img, 5 * h)
+    for d_first, d_last, p0, p1 in groups:
+        for d in range(d_last, d_first - 1, -1):
+            off, lo, hi, _ = plan.steps[d]
+            rows = hi - lo + 1
+            sl = slice(off, off + rows)
+            z = dzbuf[off - p0 : off - p0 + rows]
+            g, o, i, f_c, f_r = gates[sl].split(h, -1)
+            t, c = hidden[sl], cells[sl]
+            dh = grad_hidden[sl] + d_rec[lo : hi + 1, :, :h] + d_rec[lo + 1 : hi + 2, :, h : 2 * h]
+            dc = d_cell[lo : hi + 1, :, :h] + d_cell[lo + 1 : hi + 2, :, h:]
+            if extended:
+                dc += d_rec[lo : hi + 1, :, 2 * h : 3 * h] + d_rec[lo + 1 : hi + 2, :, 3 * h :]
+            dm = dh * (1 - t * t)
+            dc.addcmul_(dm, o)
+            c_left = c_pad.index_select(0, plan.left[sl])
+            c_up = c_pad.index_select(0, plan.up[sl])
+            d_cell[lo : hi + 1, :, :h] = dc * f_c
+            d_cell[lo : hi + 1, :, h:] = dc * f_r
+            d_cell[hi + 1].zero_()
+            if lo > 0:
+                d_cell[lo - 1].zero_()
+            torch.cat(
+                [
+                    dc * i * (1 - g * g),
+                    dm * c * o * (1 - o),
+                    dc * g * i * (1 - i),
+                    dc * c_left * f_c * (1 - f_c),
+                    dc * c_up * f_r * (1 - f_r),
+                ],
+                -1,
+                out=z,
+            )
+            torch.mm(z.view(rows * n_img, 5 * h), weight_rec, out=d_rec[lo : hi + 1].view(rows * n_img, k_rec))
+            d_rec[hi + 1].zero_()
+            if lo > 0:
+                d_rec[lo - 1].zero_()
+        dz = dzbuf[: p1 - p0].view(-1, 5 * h)
+        dbias += dz.sum(0)
+        flush(p0, p1, dz)
+    return dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# The MCGSM on the top layer's states, fused (CPU). Not wired into ride/mcgsm.py, which this
+# module does not own: ``MCGSM.log_prob`` can delegate to :func:`mcgsm_log_prob`.
+# ----------------------------------------------------------------------------------------------
+
+
+class _FusedMCGSM(torch.autograd.Function):
+    """``log p(y | h)`` of the factorized MCGSM for ``M x D`` inputs; GEMMs in torch, the
+    ``M x K x S`` mixture part in one C pass per direction (nothing of that size is stored)."""
+
+    @staticmethod
+    def forward(ctx, h, y, priors, scales, weights, features, predictors):  # type: ignore[override]
+        lib = c_kernels()
+        k, s = scales.shape
+        m, n_feat = h.shape[0], features.shape[1]
+        both = torch.cat([features, predictors], 1)  # one GEMM for features and expert means
+        fm = h @ both
+        f = fm[:, :n_feat]
+        w2 = weights.square()
+        f2 = f * f
+        e = f2 @ w2.t()  # M x K
+        diff = torch.sub(y[:, None], fm[:, n_feat:])  # M x K: y - a_c^T h
+        r = diff * diff
+        nh = (-0.5 * scales.exp()).contiguous()
+        cst = (0.5 * scales - 0.5 * math.log(2 * math.pi)).contiguous()
+        eta = priors.contiguous()
+        lp, lse_j, lse_g = (h.new_empty(m) for _ in range(3))
+        fn = lib.mcgsm_fwd_f32 if h.dtype == torch.float32 else lib.mcgsm_fwd_f64
+        fn(m, k, s, e.data_ptr(), r.data_ptr(), eta.data_ptr(), nh.data_ptr(), cst.data_ptr(),
+           lp.data_ptr(), lse_j.data_ptr(), lse_g.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(h, f, f2, e, r, diff, lse_j, lse_g, eta, nh, cst, w2, weights, both)
+        return lp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        h, f, f2, e, r, diff, lse_j, lse_g, eta, nh, cst, w2, weights, both = ctx.saved_tensors
+        lib = c_kernels()
+        k, s = nh.shape
+        m, n_feat = h.shape[0], f.shape[1]
+        grad = grad.contiguous()
+        nthreads = torch.get_num_threads()
+        de, dr = torch.empty_like(e), torch.empty_like(r)
+        d_eta = h.new_zeros(nthreads, k * s)
+        d_alpha = h.new_zeros(nthreads, k * s)
+        fn = lib.mcgsm_bwd_f32 if h.dtype == torch.float32 else lib.mcgsm_bwd_f64
+        fn(m, k, s, e.data_ptr(), r.data_ptr(), grad.data_ptr(), eta.data_ptr(), nh.data_ptr(), cst.data_ptr(),
+           lse_j.data_ptr(), lse_g.data_ptr(), de.data_ptr(), dr.data_ptr(), d_eta.data_ptr(), d_alpha.data_ptr(),
+           nthreads)
+        # dL/d(h @ [features, predictors]): [2 f (de @ beta^2), -2 dr (y - mu)]
+        dfm = torch.empty(m, both.shape[1], dtype=h.dtype, device=h.device)
+        torch.mul(torch.mm(de, w2), f, out=dfm[:, :n_feat]).mul_(2.0)
+        torch.mul(dr, diff, out=dfm[:, n_feat:]).mul_(-2.0)
+        grads = [None] * 7
+        if ctx.needs_input_grad[0]:
+            grads[0] = dfm @ both.t()
+        if ctx.needs_input_grad[1]:
+            grads[1] = -dfm[:, n_feat:].sum(1)
+        grads[2] = d_eta.sum(0).view(k, s)
+        grads[3] = d_alpha.sum(0).view(k, s)
+        grads[4] = 2.0 * weights * (de.t() @ f2)
+        d_both = h.t() @ dfm
+        grads[5], grads[6] = d_both[:, :n_feat], d_both[:, n_feat:]
+        return tuple(grads)
+
+
+def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor, fallback=None) -> torch.Tensor:
+    """Same as ``mcgsm.log_prob(inputs, outputs)`` (ride.mcgsm.MCGSM), fused on the CPU.
+
+    Where the C kernels are unavailable, on other devices and dtypes it returns
+    ``fallback(inputs, outputs)`` (default ``mcgsm.log_prob``; pass the original method when
+    ``MCGSM.log_prob`` itself delegates here). Equal to ``MCGSM.log_prob`` within float rounding
+    (tests/test_slstm_fast.py).
+    """
+    if inputs.shape[-1] != mcgsm.dim_in or not _use_c(inputs, force_torch=False) or outputs.dtype != inputs.dtype:
+        return (fallback or mcgsm.log_prob)(inputs, outputs)
+    shape = outputs.shape
+    h = inputs.reshape(-1, inputs.shape[-1]).contiguous()
+    y = outputs.reshape(-1).contiguous()
+    out = _FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.scales, mcgsm.weights, mcgsm.features, mcgsm.predictors)
+    return out.view(shape)
 
 
 def fused_available(device: torch.device | str = "cpu") -> bool:
@@ -621,14 +1075,18 @@ class SpatialLSTM(nn.Module):
         if x.numel() == 0:
             return x.new_zeros(*x.shape[:-1], self.hidden_size)
         plan = _plan(x.shape[1], x.shape[2], x.device)
-        return from_diagonal(self.forward_diagonal(to_diagonal(x, plan), plan, impl), plan)
+        groups = num_groups(x.shape[0], x.device, _use_c(x, force_torch=impl == "fused_torch"))
+        xd = to_diagonal(x, plan, groups)
+        return from_diagonal(self.forward_diagonal(xd, plan, impl), plan, x.shape[0])
 
     def forward_diagonal(self, xd: torch.Tensor, plan: _Plan, impl: str = "fused") -> torch.Tensor:
-        """The fused layer on diagonal-major inputs ``P x N x input_size`` (see :func:`to_diagonal`)."""
+        """The fused layer on diagonal-major inputs ``G x P x M x input_size`` (:func:`to_diagonal`)."""
         use_c = _use_c(xd, force_torch=impl == "fused_torch")
-        return _FusedSLSTM.apply(
-            xd.contiguous(), self.weight_in, self.weight_rec, self.bias, plan, self.extended, use_c
-        )
+        xd = xd.contiguous()
+        needs_grad = torch.is_grad_enabled() and (xd.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if use_c and not needs_grad:
+            return _fused_inference(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended)
+        return _FusedSLSTM.apply(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended, use_c)
 
     def forward_wavefront(self, x: torch.Tensor) -> torch.Tensor:
         """Diagonal schedule with plain autograd."""
@@ -707,10 +1165,11 @@ class SLSTMStack(nn.Module):
                 return x.new_zeros(*x.shape[:-1], self.hidden_size)
             # One layout change for the whole stack: every layer works on diagonal-major tensors.
             plan = _plan(x.shape[1], x.shape[2], x.device)
-            xd = to_diagonal(x, plan)
+            groups = num_groups(x.shape[0], x.device, _use_c(x, force_torch=impl == "fused_torch"))
+            xd = to_diagonal(x, plan, groups)
             for layer in self.layers:
                 xd = layer.forward_diagonal(xd, plan, impl)
-            return from_diagonal(xd, plan)
+            return from_diagonal(xd, plan, x.shape[0])
         for layer in self.layers:
             x = layer(x, impl=impl)
         return x

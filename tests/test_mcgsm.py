@@ -270,7 +270,7 @@ def test_gradcheck_log_prob():
         return functional_call(wrapper, dict(zip(names, vals)), (h, y), strict=True)
 
     assert torch.autograd.gradcheck(fn, (h, y, *values))
-    # The gradient w.r.t. y is the score -d/dy of the mixture, check one value against the formula.
+    # The gradient w.r.t. y is the score d/dy log p(y|h) of the mixture; check one value by hand.
     out = fn(h, y, *values)
     (grad_y,) = torch.autograd.grad(out.sum(), y)
     probs, means, variances = _mixture(model, h[0].detach())

@@ -5,9 +5,21 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from ride.slstm import SLSTMStack, SpatialLSTM
+from ride.slstm import IMPLEMENTATIONS, SLSTMStack, SpatialLSTM, resolve_impl
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one thread avoids OpenMP/intra-op oversubscription on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 SHAPES = [(1, 1), (1, 6), (5, 1), (3, 7), (6, 4), (5, 5)]
+# Every fast implementation is checked against the per-pixel raster reference.
+FAST_IMPLS = ("wavefront", "fused", "fused_torch", "auto")
 
 
 def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.5) -> torch.nn.Module:
@@ -68,14 +80,14 @@ def test_initialisation():
     assert ext.weight_rec.shape == (5 * 8, 4 * 8)
 
 
+@pytest.mark.parametrize("impl", ("reference",) + FAST_IMPLS)
 @pytest.mark.parametrize("extended", [False, True])
-def test_forward_matches_equation(extended):
+def test_forward_matches_equation(extended, impl):
     layer = _randomise(SpatialLSTM(3, 4, extended).double(), seed=1)
     x = torch.randn(2, 3, 4, 3, dtype=torch.float64)
     expected = _naive_forward(layer, x)
     with torch.no_grad():
-        assert torch.allclose(layer(x), expected, atol=1e-12)
-        assert torch.allclose(layer.forward_reference(x), expected, atol=1e-12)
+        assert torch.allclose(layer(x, impl=impl), expected, atol=1e-12)
 
 
 def test_extended_differs_from_plain():
@@ -97,25 +109,38 @@ def test_extended_differs_from_plain():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("extended", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-def test_wavefront_equals_reference(shape, extended, num_layers):
+def test_fast_impls_equal_reference(shape, extended, num_layers):
     torch.manual_seed(sum(shape) + 10 * num_layers + extended)
     stack = _randomise(SLSTMStack(4, 5, num_layers, extended), seed=num_layers)
     x = torch.randn(2, *shape, 4)
     with torch.no_grad():
-        fast = stack(x)
         ref = stack(x, impl="reference")
-    assert fast.shape == (2, *shape, 5)
-    assert fast.dtype == torch.float32
-    assert ref.abs().max() > 0.05  # not a trivially small output
-    assert torch.allclose(fast, ref, atol=1e-5, rtol=0)
+        assert ref.shape == (2, *shape, 5)
+        assert ref.abs().max() > 0.05  # not a trivially small output
+        for impl in FAST_IMPLS:
+            fast = stack(x, impl=impl)
+            assert fast.shape == (2, *shape, 5), impl
+            assert fast.dtype == torch.float32, impl
+            assert torch.allclose(fast, ref, atol=1e-5, rtol=0), impl
 
 
-def test_wavefront_equals_reference_default_init():
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_fast_impls_equal_reference_default_init(impl):
     torch.manual_seed(3)
     stack = SLSTMStack(12, 16, 2, extended=True)
     x = torch.randn(3, 6, 8, 12)
     with torch.no_grad():
-        assert torch.allclose(stack(x), stack(x, impl="reference"), atol=1e-5, rtol=0)
+        assert torch.allclose(stack(x, impl=impl), stack(x, impl="reference"), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_single_layer_module_equals_stack(impl):
+    """SpatialLSTM.forward and the stack's shared diagonal layout give the same result."""
+    stack = _randomise(SLSTMStack(3, 4, 2, True).double(), seed=11)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        layered = stack.layers[1](stack.layers[0](x, impl=impl), impl=impl)
+        assert torch.allclose(stack(x, impl=impl), layered, atol=1e-12)
 
 
 def test_zero_layer_stack_is_identity():
@@ -138,47 +163,79 @@ def test_stack_layers_and_add_layer():
         assert torch.allclose(stack(x), expected, atol=1e-12)
 
 
-def _params_call(module, names):
+GRAD_IMPLS = ("wavefront", "fused", "fused_torch")
+
+
+def _params_call_impl(module, names, impl):
     def fn(x, *values):
-        return functional_call(module, dict(zip(names, values)), (x,))
+        return functional_call(module, dict(zip(names, values)), (x,), {"impl": impl})
 
     return fn
 
 
+@pytest.mark.parametrize("impl", GRAD_IMPLS)
 @pytest.mark.parametrize("extended", [False, True])
-def test_gradcheck_wavefront(extended):
+def test_gradcheck(extended, impl):
     layer = _randomise(SpatialLSTM(2, 2, extended).double(), seed=4)
     names = [n for n, _ in layer.named_parameters()]
     values = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
     x = torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_params_call(layer, names), (x, *values))
+    assert torch.autograd.gradcheck(_params_call_impl(layer, names, impl), (x, *values))
 
 
-def test_gradcheck_wavefront_two_layers():
-    stack = _randomise(SLSTMStack(2, 2, 2).double(), seed=5)
+@pytest.mark.parametrize("impl", GRAD_IMPLS)
+def test_gradcheck_two_layers_two_images(impl):
+    stack = _randomise(SLSTMStack(2, 2, 2, extended=True).double(), seed=5)
     names = [n for n, _ in stack.named_parameters()]
     values = [p.detach().clone().requires_grad_(True) for p in stack.parameters()]
-    x = torch.randn(1, 2, 3, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_params_call(stack, names), (x, *values))
+    x = torch.randn(2, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_params_call_impl(stack, names, impl), (x, *values))
 
 
 @pytest.mark.parametrize("extended", [False, True])
-def test_gradients_wavefront_equal_reference(extended):
+def test_gradients_equal_reference(extended):
     stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=6)
     x = torch.randn(2, 4, 5, 3, dtype=torch.float64)
     weights = torch.randn(2, 4, 5, 4, dtype=torch.float64)
     grads = {}
-    for impl in ("wavefront", "reference"):
+    for impl in ("reference",) + FAST_IMPLS:
         stack.zero_grad()
         xi = x.clone().requires_grad_(True)
         (stack(xi, impl=impl) * weights).sum().backward()
         grads[impl] = [xi.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
-    for a, b in zip(grads["wavefront"], grads["reference"]):
-        assert a.abs().max() > 0
-        assert torch.allclose(a, b, atol=1e-10)
+    for impl in FAST_IMPLS:
+        for k, (a, b) in enumerate(zip(grads[impl], grads["reference"])):
+            assert b.abs().max() > 0
+            assert torch.allclose(a, b, atol=1e-10), (impl, k)
 
 
-@pytest.mark.parametrize("impl", ["wavefront", "reference"])
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_float32_gradients_close_to_float64_reference(impl):
+    stack = _randomise(SLSTMStack(3, 4, 2, True).double(), seed=12)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    xi = x.clone().requires_grad_(True)
+    stack(xi, impl="reference").square().sum().backward()
+    ref = [xi.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
+    stack32 = stack.float()
+    stack32.zero_grad()
+    xf = x.float().requires_grad_(True)
+    stack32(xf, impl=impl).square().sum().backward()
+    got = [xf.grad] + [p.grad for p in stack32.parameters()]
+    for a, b in zip(got, ref):
+        assert torch.allclose(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", GRAD_IMPLS)
+def test_backward_twice_with_retain_graph(impl):
+    layer = _randomise(SpatialLSTM(2, 3, True).double(), seed=13)
+    x = torch.randn(1, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    out = layer(x, impl=impl).sum()
+    (g1,) = torch.autograd.grad(out, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(out, x)
+    assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("impl", ("reference",) + FAST_IMPLS)
 @pytest.mark.parametrize("extended", [False, True])
 def test_causality_by_perturbation(impl, extended):
     height, width = 4, 5
@@ -200,12 +257,13 @@ def test_causality_by_perturbation(impl, extended):
                         assert diff[i, j] > 0, (p, q, i, j)
 
 
+@pytest.mark.parametrize("impl", GRAD_IMPLS)
 @pytest.mark.parametrize("extended", [False, True])
-def test_causality_by_gradient(extended):
+def test_causality_by_gradient(extended, impl):
     height, width = 3, 4
-    stack = _randomise(SLSTMStack(2, 3, 1, extended).double(), seed=8)
+    stack = _randomise(SLSTMStack(2, 3, 2, extended).double(), seed=8)
     x = torch.randn(1, height, width, 2, dtype=torch.float64, requires_grad=True)
-    out = stack(x)
+    out = stack(x, impl=impl)
     for i in range(height):
         for j in range(width):
             (grad,) = torch.autograd.grad(out[0, i, j].sum(), x, retain_graph=True)
@@ -223,20 +281,60 @@ def test_border_states_are_zero():
     zero = torch.zeros(2, 4, dtype=torch.float64)
     with torch.no_grad():
         h00, _ = layer.step(x[:, 0, 0], zero, zero, zero, zero)
-        assert torch.allclose(layer(x)[:, 0, 0], h00, atol=1e-14)
+        for impl in ("reference",) + FAST_IMPLS:
+            assert torch.allclose(layer(x, impl=impl)[:, 0, 0], h00, atol=1e-14), impl
 
 
-def test_unknown_impl_raises():
-    layer = SpatialLSTM(2, 3)
+@pytest.mark.parametrize("bad", ["cuda", "Wavefront", "", "fast"])
+def test_unknown_impl_raises(bad):
     x = torch.randn(1, 2, 2, 2)
-    with pytest.raises(ValueError, match="unknown SLSTM implementation 'cuda'"):
-        layer(x, impl="cuda")
+    with pytest.raises(ValueError, match=f"unknown SLSTM implementation {bad!r}"):
+        SpatialLSTM(2, 3)(x, impl=bad)
     with pytest.raises(ValueError, match="unknown SLSTM implementation"):
-        SLSTMStack(2, 3, 2)(x, impl="Wavefront")
+        SLSTMStack(2, 3, 2)(x, impl=bad)
+    with pytest.raises(ValueError, match="unknown SLSTM implementation"):
+        SLSTMStack(2, 3, 0)(x, impl=bad)
 
 
-@pytest.mark.parametrize("impl", ["wavefront", "reference"])
+def test_auto_resolution(monkeypatch):
+    monkeypatch.delenv("RIDE_SLSTM_IMPL", raising=False)
+    assert set(FAST_IMPLS) | {"reference"} == set(IMPLEMENTATIONS)
+    assert resolve_impl("auto", torch.zeros(1)) == "fused"
+    assert resolve_impl("auto", torch.zeros(1, dtype=torch.float16)) == "wavefront"
+    assert resolve_impl("reference", torch.zeros(1)) == "reference"
+    monkeypatch.setenv("RIDE_SLSTM_IMPL", "reference")
+    assert resolve_impl("auto", torch.zeros(1)) == "reference"
+    monkeypatch.setenv("RIDE_SLSTM_IMPL", "bogus")
+    with pytest.raises(ValueError, match="RIDE_SLSTM_IMPL"):
+        SpatialLSTM(2, 3)(torch.randn(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("impl", ("reference",) + FAST_IMPLS)
 @pytest.mark.parametrize("shape", [(1, 2, 2, 3), (2, 2, 3), (1, 2, 2, 2, 2)])
 def test_wrong_input_shape_raises(impl, shape):
     with pytest.raises(ValueError, match="N x H x W x 2"):
         SpatialLSTM(2, 3)(torch.randn(shape), impl=impl)
+    with pytest.raises(ValueError, match="N x H x W x 2"):
+        SLSTMStack(2, 3, 2)(torch.randn(shape), impl=impl)
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_fused_with_several_threads(extended):
+    """The OpenMP path of the C kernels (several threads) agrees with the reference."""
+    stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=14)
+    x = torch.randn(3, 5, 6, 3, dtype=torch.float64)
+    weights = torch.randn(3, 5, 6, 4, dtype=torch.float64)
+    grads = {}
+    previous = torch.get_num_threads()
+    try:
+        for impl, threads in (("reference", 1), ("fused", 2)):
+            torch.set_num_threads(threads)
+            stack.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            out = stack(xi, impl=impl)
+            (out * weights).sum().backward()
+            grads[impl] = [out.detach(), xi.grad] + [p.grad.clone() for p in stack.parameters()]
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(grads["fused"], grads["reference"]):
+        assert torch.allclose(a, b, atol=1e-10)

@@ -131,3 +131,18 @@ def test_extract_patches_are_non_overlapping_tiles():
     torch.testing.assert_close(patches[1], images[0, 0:4, 4:8])
     with pytest.raises(ValueError, match="exceeds"):
         extract_patches(images, 11)
+
+
+def test_resume_refuses_other_data_and_rewrites_missing_outputs(tmp_path):
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 2, "stages": [{"patch": 12, "lr": 0.1}]})
+    images = torch.from_numpy(gaussian_ar_field(6, 24, seed=6))
+    Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False).run()
+    (tmp_path / "model.pt").unlink()
+    Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False).run(resume=True)
+    assert (tmp_path / "model.pt").exists()
+    other = Trainer(RIDE_CFG["model"], cfg, images + 1, tmp_path, "cpu", progress=False)
+    with pytest.raises(TrainingError, match="data digest"):
+        other.run(resume=True)
+    wider = Trainer({**RIDE_CFG["model"], "num_hidden": 9}, cfg, images, tmp_path, "cpu", progress=False)
+    with pytest.raises(TrainingError, match="requested model config"):
+        wider.run(resume=True)

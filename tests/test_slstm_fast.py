@@ -1,0 +1,339 @@
+"""Tests of the fast SLSTM paths (ride/slstm.py: "fused", "fused_torch", "auto") and of ride.bench.
+
+The fused paths must pass the same equality and gradient tests as the reference schedule: on
+the CPU always, on CUDA where a GPU is present. No test asserts on speed.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ride.slstm as slstm
+from ride.model import RIDE
+from ride.slstm import SLSTMStack, SpatialLSTM, resolve_impl
+
+FAST = ["fused", "fused_torch"]
+SHAPES = [(1, 1), (1, 7), (6, 1), (3, 7), (7, 3), (5, 5), (2, 9)]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.5) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale)
+    return module
+
+
+def _grads(stack, x, weights, impl):
+    stack.zero_grad()
+    xi = x.clone().requires_grad_(True)
+    out = stack(xi, impl=impl)
+    (out * weights).sum().backward()
+    return out.detach(), [xi.grad.clone()] + [p.grad.clone() for p in stack.parameters()]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("extended", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_forward_equals_reference_float32(device, impl, extended, num_layers):
+    torch.manual_seed(num_layers + 2 * extended)
+    stack = _randomise(SLSTMStack(4, 6, num_layers, extended), seed=num_layers).to(device)
+    for shape in SHAPES if num_layers == 1 else SHAPES[2:5]:
+        x = torch.randn(3, *shape, 4, device=device)
+        out = stack(x, impl=impl)
+        with torch.no_grad():
+            ref = stack(x, impl="reference")
+            nograd = stack(x, impl=impl)  # the no-grad path (no history kept on the CPU)
+        assert out.shape == ref.shape == (3, *shape, 6) and out.is_contiguous()
+        assert ref.abs().max() > 0.05
+        assert torch.allclose(out, ref, atol=1e-5, rtol=0), (shape, (out - ref).abs().max())
+        assert torch.allclose(nograd, ref, atol=1e-5, rtol=0), shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("extended", [False, True])
+def test_gradients_equal_reference_float64(device, impl, extended):
+    stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=6).to(device)
+    for shape in [(4, 5), (1, 6), (5, 1)]:
+        x = torch.randn(2, *shape, 3, dtype=torch.float64, device=device)
+        weights = torch.randn(2, *shape, 4, dtype=torch.float64, device=device)
+        out, grads = _grads(stack, x, weights, impl)
+        ref_out, ref = _grads(stack, x, weights, "reference")
+        assert torch.allclose(out, ref_out, atol=1e-12)
+        for a, b in zip(grads, ref):
+            assert a.abs().max() > 0
+            assert torch.allclose(a, b, atol=1e-10), (shape, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("extended", [False, True])
+def test_gradients_equal_reference_float32(device, impl, extended):
+    torch.manual_seed(11)
+    stack = SLSTMStack(12, 16, 2, extended).to(device)  # default initialisation
+    x = torch.randn(3, 5, 7, 12, device=device)
+    weights = torch.randn(3, 5, 7, 16, device=device)
+    _, grads = _grads(stack, x, weights, impl)
+    _, ref = _grads(stack, x, weights, "reference")
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("extended", [False, True])
+def test_gradcheck_layer(impl, extended):
+    layer = _randomise(SpatialLSTM(2, 2, extended).double(), seed=4)
+    x = torch.randn(1, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+    names = [n for n, _ in layer.named_parameters()]
+
+    def fn(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,), {"impl": impl})
+
+    assert torch.autograd.gradcheck(fn, (x, *params))
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_gradcheck_stack(impl):
+    stack = _randomise(SLSTMStack(2, 2, 2, extended=True).double(), seed=5)
+    x = torch.randn(1, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in stack.parameters()]
+    names = [n for n, _ in stack.named_parameters()]
+
+    def fn(x, *values):
+        return torch.func.functional_call(stack, dict(zip(names, values)), (x,), {"impl": impl})
+
+    assert torch.autograd.gradcheck(fn, (x, *params))
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("extended", [False, True])
+def test_chunked_backward(monkeypatch, impl, extended):
+    """The backward flushes dL/dz in chunks of diagonals; tiny chunks give the same gradients."""
+    monkeypatch.setattr(slstm, "_CHUNK_ROWS", 5)
+    stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=12)
+    x = torch.randn(2, 5, 6, 3, dtype=torch.float64)
+    weights = torch.randn(2, 5, 6, 4, dtype=torch.float64)
+    assert len(slstm._chunks(slstm._plan(5, 6, torch.device("cpu")), 2)) > 3
+    _, grads = _grads(stack, x, weights, impl)
+    _, ref = _grads(stack, x, weights, "reference")
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("extended", [False, True])
+def test_image_groups(monkeypatch, groups, extended):
+    """The opt-in image groups (concurrent sweeps over parts of the batch, zero-padded to equal
+    parts) give the same outputs and gradients, with and without autograd."""
+    if slstm.c_kernels() is None:
+        pytest.skip("image groups need the C kernels")
+    monkeypatch.setattr(slstm, "GROUPS", groups)
+    stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=16)
+    x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    weights = torch.randn(5, 4, 3, 4, dtype=torch.float64)
+    assert slstm.num_groups(5, x.device, True) == groups
+    out, grads = _grads(stack, x, weights, "fused")
+    ref_out, ref = _grads(stack, x, weights, "reference")
+    assert torch.allclose(out, ref_out, atol=1e-12)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-10)
+    with torch.no_grad():
+        assert torch.allclose(stack(x, impl="fused"), ref_out, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_retain_graph_backward_twice(impl):
+    stack = _randomise(SLSTMStack(2, 3, 2).double(), seed=13)
+    x = torch.randn(1, 4, 4, 2, dtype=torch.float64, requires_grad=True)
+    out = stack(x, impl=impl)
+    first = torch.autograd.grad(out.sum(), x, retain_graph=True)[0]
+    second = torch.autograd.grad(out.sum(), x)[0]
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_causality_by_gradient(impl):
+    height, width = 3, 4
+    stack = _randomise(SLSTMStack(2, 3, 2, extended=True).double(), seed=8)
+    x = torch.randn(1, height, width, 2, dtype=torch.float64, requires_grad=True)
+    out = stack(x, impl=impl)
+    for i in range(height):
+        for j in range(width):
+            (grad,) = torch.autograd.grad(out[0, i, j].sum(), x, retain_graph=True)
+            dep = grad[0].abs().amax(-1)
+            allowed = torch.zeros(height, width, dtype=torch.bool)
+            allowed[: i + 1, : j + 1] = True
+            assert torch.all(dep[~allowed] == 0) and torch.all(dep[allowed] > 0), (i, j)
+
+
+def test_parameter_gradients_only():
+    """Inputs without requires_grad (the first layer's whitened neighbourhoods) still train."""
+    stack = _randomise(SLSTMStack(3, 4, 1).double(), seed=14)
+    x = torch.randn(2, 3, 5, 3, dtype=torch.float64)
+    weights = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    grads = {}
+    for impl in ("fused", "reference"):
+        stack.zero_grad()
+        (stack(x, impl=impl) * weights).sum().backward()
+        grads[impl] = [p.grad.clone() for p in stack.parameters()]
+    for a, b in zip(grads["fused"], grads["reference"]):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_auto_resolution(monkeypatch):
+    x32 = torch.zeros(1, 2, 2, 3)
+    assert resolve_impl("auto", x32) == "fused"
+    assert resolve_impl("auto", x32.double()) == "fused"
+    assert resolve_impl("auto", x32.half()) == "wavefront"
+    for name in ("fused", "fused_torch", "wavefront", "reference"):
+        assert resolve_impl(name, x32) == name  # forced
+    monkeypatch.setenv("RIDE_SLSTM_IMPL", "wavefront")
+    assert resolve_impl("auto", x32) == "wavefront"
+    assert resolve_impl("fused", x32) == "fused"
+    monkeypatch.setenv("RIDE_SLSTM_IMPL", "nonsense")
+    with pytest.raises(ValueError, match="RIDE_SLSTM_IMPL"):
+        resolve_impl("auto", x32)
+    with pytest.raises(ValueError, match="unknown SLSTM implementation 'cuda'"):
+        SpatialLSTM(3, 4)(x32, impl="cuda")
+
+
+def test_default_is_auto_and_model_uses_it():
+    assert RIDE(num_hidden=4, num_components=2, num_scales=2, num_features=3).impl == "auto"
+    torch.manual_seed(0)
+    model = RIDE(num_hidden=5, num_layers=2, num_components=3, num_scales=2, num_features=4)
+    images = torch.rand(3, 9, 10)
+    model.fit_whitening(images)
+    with torch.no_grad():
+        fast = model.log_prob(images)
+        model.impl = "reference"
+        ref = model.log_prob(images)
+    assert torch.allclose(fast, ref, atol=1e-5)
+
+
+def test_c_kernels_accuracy():
+    lib = slstm.c_kernels()
+    if lib is None:
+        pytest.skip(f"C kernels unavailable: {slstm.c_kernels_error()}")
+    x = torch.linspace(-40, 40, 200_001)
+    tanh, sig = torch.empty_like(x), torch.empty_like(x)
+    lib.probe_f32(x.numel(), x.data_ptr(), tanh.data_ptr(), sig.data_ptr())
+    assert (tanh - torch.tanh(x)).abs().max() < 3e-7
+    assert (sig - torch.sigmoid(x)).abs().max() < 3e-7
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    tanh, sig = torch.empty_like(special), torch.empty_like(special)
+    lib.probe_f32(4, special.data_ptr(), tanh.data_ptr(), sig.data_ptr())
+    assert tanh[0].isnan() and sig[0].isnan()  # NaNs propagate
+    assert tanh[1:].tolist() == [1.0, -1.0, 0.0] and sig[1] == 1.0 and sig[3] == 0.5
+    # Loading the library must not switch the process to flush-to-zero.
+    assert torch.tensor(1e-40) * 1 != 0
+
+
+def test_fused_without_c_kernels(monkeypatch):
+    """Without a C compiler "fused" falls back to torch pointwise ops, with the same results."""
+    monkeypatch.setattr(slstm, "_use_c", lambda x, force_torch: False)
+    stack = _randomise(SLSTMStack(3, 4, 2).double(), seed=15)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    w = torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    out, grads = _grads(stack, x, w, "fused")
+    ref_out, ref = _grads(stack, x, w, "reference")
+    assert torch.allclose(out, ref_out, atol=1e-12)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_mcgsm_equals_mcgsm(dtype):
+    from ride.mcgsm import MCGSM
+
+    torch.manual_seed(17)
+    mcgsm = MCGSM(6, 3, 2, 4).to(dtype)
+    with torch.no_grad():
+        for p in mcgsm.parameters():
+            p.normal_()
+    h = torch.randn(3, 4, 5, 6, dtype=dtype)
+    y = torch.randn(3, 4, 5, dtype=dtype)
+    weights = torch.randn(3, 4, 5, dtype=dtype)
+    results = {}
+    for name, fn in (("fused", slstm.mcgsm_log_prob), ("plain", lambda m, a, b: m.log_prob(a, b))):
+        mcgsm.zero_grad()
+        hi, yi = h.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        out = fn(mcgsm, hi, yi)
+        (out * weights).sum().backward()
+        results[name] = [out.detach(), hi.grad, yi.grad] + [p.grad.clone() for p in mcgsm.parameters()]
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for a, b in zip(results["fused"], results["plain"]):
+        assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
+
+
+def test_fused_mcgsm_gradcheck():
+    from types import SimpleNamespace
+
+    from ride.mcgsm import MCGSM
+
+    if slstm.c_kernels() is None:
+        pytest.skip("the fused MCGSM needs the C kernels")
+    torch.manual_seed(18)
+    mcgsm = MCGSM(3, 2, 3, 2).double()
+    with torch.no_grad():
+        for p in mcgsm.parameters():
+            p.normal_()
+    names = [n for n, _ in mcgsm.named_parameters()]
+    values = [p.detach().clone().requires_grad_(True) for p in mcgsm.parameters()]
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def fn(h, y, *vals):
+        return slstm.mcgsm_log_prob(SimpleNamespace(dim_in=3, **dict(zip(names, vals))), h, y)
+
+    assert torch.autograd.gradcheck(fn, (h, y, *values))
+
+
+def test_bench_flops_formula():
+    from ride.bench import flops_per_pixel, scored_pixels
+
+    assert scored_pixels(22) == 20 * 18
+    # 3 x (SLSTM 2*320*(12+128) + MCGSM 2*64*32 + 2*32*32 + 2*64*32)
+    assert flops_per_pixel(1, 64) == 3 * (2 * 320 * 140 + 4096 + 2048 + 4096) == 299_520
+    assert flops_per_pixel(2, 64) == flops_per_pixel(1, 64) + 3 * 2 * 320 * (64 + 128)
+    assert flops_per_pixel(1, 64, extended=True) == flops_per_pixel(1, 64) + 3 * 2 * 320 * 128
+
+
+def test_bench_quick_smoke(tmp_path):
+    """Functional smoke test of `ride bench --quick --json` (timings are not checked; the
+    memory probes, a subprocess per configuration, are tested below on a tiny configuration)."""
+    from ride.bench import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--no-memory", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert len(records) >= 2
+    keys = {"layers", "hidden", "patch", "batch", "device", "px_per_s", "per_pixel_px_per_s",
+            "roofline_px_per_s", "peak_mem_mb"}
+    for rec in records:
+        assert keys <= rec.keys()
+        assert rec["px_per_s"] > 0 and rec["roofline_px_per_s"] > 0 and rec["per_pixel_px_per_s"] > 0
+        assert rec["layers"] == 1 and rec["hidden"] == 64 and rec["batch"] == 50
+    assert {r["patch"] for r in records} == {8, 22}
+
+
+def test_bench_peak_memory():
+    from ride.bench import peak_memory
+
+    mem = peak_memory(1, 8, 10, 4, torch.device("cpu"), "auto")
+    assert mem["peak_mem_mb"] is not None and mem["peak_mem_mb"] >= 0
+    assert mem["peak_rss_mb"] > 10  # the whole process: Python and torch
+
+
+def test_bench_eval_smoke(tmp_path):
+    from ride.bench import main
+
+    out = tmp_path / "eval.json"
+    assert main(["--eval", "--eval-images", "2", "--eval-size", "128", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert rec["tiles"] == 8 and rec["seconds"] > 0 and rec["bits_per_pixel"] is not None
