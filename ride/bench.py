@@ -479,16 +479,22 @@ def main(argv: list[str] | None = None) -> int:
                         rec["gemm_size"] = size
                         records.append(rec)
                         print(format_row(rec), flush=True)
+                        if args.json:  # after every configuration, so that a cut-short run keeps its records
+                            _write_json(args.json, records)
         print("\n(* = best batch of the search; speedup = px/s over the per-pixel schedule (impl='reference') in "
               f"the same reps; roofline = measured {size}^3 GEMM FLOP/s / GEMM FLOPs per scored pixel; mem MB = "
               "peak working memory of a training step, rss MB = peak resident set of that process; fmcgsm = "
               "the same with MCGSM.log_prob routed through ride.slstm.mcgsm_log_prob, speedup against the "
               "per-pixel schedule with the same MCGSM)")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(records, fh, indent=1)
-            fh.write("\n")
+        _write_json(args.json, records)
     return 0
+
+
+def _write_json(path: str, records: list[dict[str, Any]]) -> None:
+    with open(path, "w") as fh:
+        json.dump(records, fh, indent=1)
+        fh.write("\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,10 @@ class TrainingError(RuntimeError):
     """Training cannot continue (non-finite loss, bad configuration)."""
 
 
+class _Diverged(Exception):
+    """A non-finite loss; :meth:`Trainer.run` restores the last checkpoint with a lower rate."""
+
+
 @dataclass
 class TrainConfig:
     stages: list[dict[str, float]] = field(default_factory=lambda: copy.deepcopy(PAPER_STAGES))
@@ -55,6 +60,7 @@ class TrainConfig:
     lbfgs_check_every: int = 25
     lbfgs_patience: int = 2
     checkpoint_every: int = 100
+    nan_retries: int = 3
     seed: int = 0
 
     @classmethod
@@ -209,7 +215,7 @@ class Trainer:
             self.model_config["num_layers"] = 1
         torch.manual_seed(train_config.seed)
         self.model = RIDE(**self.model_config).to(self.device)
-        self.state: dict[str, Any] = {"stage": 0, "batch": 0, "whitened": False, "finished": False}
+        self.state: dict[str, Any] = {"stage": 0, "batch": 0, "whitened": False, "finished": False, "lr_scale": {}}
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.elapsed = 0.0
@@ -250,12 +256,40 @@ class Trainer:
         self.history = payload["history"]
         self.elapsed = payload["elapsed"]
         if payload["optimizer_state"] is not None:
-            self.optimizer = self._make_optimizer(self.config.stages[self.state["stage"]]["lr"])
+            self.optimizer = self._make_optimizer(self._stage_lr(self.state["stage"]))
             self.optimizer.load_state_dict(payload["optimizer_state"])
         return True
 
     def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.config.momentum)
+
+    def _stage_lr(self, stage: int) -> float:
+        return float(self.config.stages[stage]["lr"]) * self.state["lr_scale"].get(str(stage), 1.0)
+
+    def _recover(self, err: _Diverged) -> None:
+        """Restore the last checkpoint and halve the failing stage's learning rate."""
+        stage, batch, value = err.args
+        retries = self.state.get("nan_retries", 0) + 1
+        lr = self._stage_lr(stage)
+        if retries > self.config.nan_retries:
+            raise TrainingError(
+                f"non-finite loss ({value}) at stage {stage + 1}, batch {batch + 1} (lr {lr:g}) after "
+                f"{self.config.nan_retries} restarts with halved learning rates; no model was written. "
+                f"Lower this stage's learning rate in the config and re-run with --resume to continue "
+                f"from {self.checkpoint_path}"
+            )
+        scales = dict(self.state["lr_scale"])
+        self.load_checkpoint()
+        scales[str(stage)] = scales.get(str(stage), 1.0) * 0.5
+        self.state["lr_scale"], self.state["nan_retries"] = scales, retries
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._stage_lr(self.state["stage"])
+        event = {"event": "non-finite loss", "stage": stage + 1, "batch": batch + 1, "lr": lr,
+                 "restored": {"stage": self.state["stage"] + 1, "batch": self.state["batch"]},
+                 "new_lr": self._stage_lr(stage)}
+        self.history.append(event)
+        print(f"ride train: {event}; restored the last checkpoint", file=sys.stderr)
 
     # protocol --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RIDE:
@@ -270,10 +304,14 @@ class Trainer:
         if not self.state["whitened"]:
             self.model.fit_whitening(self.train_images.to(self.device), cfg.whitening_samples, stage_generator(cfg.seed, -1))
             self.state["whitened"] = True
+            self.save_checkpoint()  # a state to return to should the first stage diverge
         if self.model.slstm.num_layers == 0:
             self._refine_mcgsm(stage=-1, patch=cfg.lbfgs_patch or 64)
         while self.model.slstm.num_layers and self.state["stage"] < len(cfg.stages):
-            self._run_stage(self.state["stage"])
+            try:
+                self._run_stage(self.state["stage"])
+            except _Diverged as err:
+                self._recover(err)
             self.elapsed = time.perf_counter() - t0
         self.state["finished"] = True
         self.elapsed = time.perf_counter() - t0
@@ -284,7 +322,7 @@ class Trainer:
     def _run_stage(self, stage: int) -> None:
         cfg = self.config
         spec = cfg.stages[stage]
-        patch, lr = int(spec["patch"]), float(spec["lr"])
+        patch, lr = int(spec["patch"]), self._stage_lr(stage)
         if self.state["batch"] == 0:
             if cfg.grow_layers and stage > 0 and self.model.slstm.num_layers < self.target_layers:
                 torch.manual_seed(cfg.seed * 1_000_003 + 20_000 + stage)  # same new layer after a resume
@@ -313,11 +351,8 @@ class Trainer:
             self.optimizer.zero_grad()
             loss = self.model.loss(batch)
             if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at stage {stage + 1}, batch {b + 1} (patch {patch}, lr {lr}); "
-                    f"no model was written. Lower this stage's learning rate in the config and re-run with "
-                    f"--resume to continue from {self.checkpoint_path}"
-                )
+                bar.close()
+                raise _Diverged(stage, b, loss.item())
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())

@@ -146,3 +146,26 @@ def test_resume_refuses_other_data_and_rewrites_missing_outputs(tmp_path):
     wider = Trainer({**RIDE_CFG["model"], "num_hidden": 9}, cfg, images, tmp_path, "cpu", progress=False)
     with pytest.raises(TrainingError, match="requested model config"):
         wider.run(resume=True)
+
+
+def test_nan_restores_last_checkpoint_with_halved_rate(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(8, 32, seed=7))
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 2, "batch_size": 4, "checkpoint_every": 2,
+                                 "stages": [{"patch": 16, "lr": 0.5}]})
+    trainer = Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False)
+    poisoned = []
+
+    def poison_once(state):
+        if state["batch"] == 3 and not poisoned:
+            poisoned.append(True)
+            with torch.no_grad():
+                trainer.model.mcgsm.scales.fill_(float("nan"))
+
+    trainer.callback = poison_once
+    model = trainer.run()
+    events = [h for h in trainer.history if h.get("event") == "non-finite loss"]
+    assert len(events) == 1
+    assert events[0]["batch"] == 4 and events[0]["restored"] == {"stage": 1, "batch": 2}
+    assert events[0]["new_lr"] == pytest.approx(0.25)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert (tmp_path / "model.pt").exists()
