@@ -65,14 +65,29 @@ class RIDE(nn.Module):
 
     @torch.no_grad()
     def fit_whitening(
-        self, images: torch.Tensor, max_samples: int = 500_000, generator: torch.Generator | None = None
+        self, images: torch.Tensor, max_samples: int = 500_000, generator: torch.Generator | None = None,
+        chunk: int = 16,
     ) -> None:
-        inputs, targets = self.neighborhood.extract(images)
-        inputs, targets = inputs.reshape(-1, inputs.shape[-1]), targets.reshape(-1)
-        if inputs.shape[0] > max_samples:
-            idx = torch.randperm(inputs.shape[0], generator=generator)[:max_samples]
-            inputs, targets = inputs[idx], targets[idx]
-        self.whitening.fit(inputs, targets)
+        """Fit the conditional whitening on at most ``max_samples`` random scored pixels.
+
+        Neighbourhoods are extracted ``chunk`` images at a time and subsampled per chunk, so
+        memory stays bounded however large the data set (all neighbourhoods of 900 images of
+        256x256 at width 9 would take 10 GB).
+        """
+        check_images(images)
+        gh, gw = self.neighborhood.grid_shape(*images.shape[1:])
+        total = images.shape[0] * gh * gw
+        inputs, targets = [], []
+        for start in range(0, images.shape[0], chunk):
+            x, y = self.neighborhood.extract(images[start : start + chunk])
+            x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1)
+            if total > max_samples:
+                keep = max(1, round(max_samples * x.shape[0] / total))
+                idx = torch.randperm(x.shape[0], generator=generator)[:keep].to(x.device)
+                x, y = x[idx], y[idx]
+            inputs.append(x)
+            targets.append(y)
+        self.whitening.fit(torch.cat(inputs), torch.cat(targets))
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-layer hidden states ``N x H' x W' x D`` and whitened targets ``N x H' x W'``."""
