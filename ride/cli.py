@@ -76,7 +76,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, images, tile=args.tile, ensemble=args.ensemble, max_tiles=args.max_tiles,
                       batch_size=args.batch_size)
     result.update({"model": str(args.model), "data": str(args.data), "model_config": model.config,
-                   "provenance": provenance(device, None, time.perf_counter() - start)})
+                   "provenance": provenance(device, model.train_summary.get("provenance", {}).get("seed"),
+                                             time.perf_counter() - start)})
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))

@@ -998,7 +998,7 @@ def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
     shape = outputs.shape
     h = inputs.reshape(-1, inputs.shape[-1]).contiguous()
     y = outputs.reshape(-1).contiguous()
-    out = _FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.scales, mcgsm.weights, mcgsm.features, mcgsm.predictors)
+    out = _FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)
     return out.view(shape)
 
 

@@ -408,6 +408,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> RIDE:
     payload = torch.load(path, map_location=device, weights_only=False)
     model = RIDE(**payload["config"])
     model.load_state_dict(payload["state_dict"])
+    model.train_summary = payload.get("summary", {})  # history and provenance of its training
     return model.to(device).eval()
 
 

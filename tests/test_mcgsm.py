@@ -277,3 +277,29 @@ def test_gradcheck_log_prob():
     dens = probs * torch.exp(-0.5 * (y[0].detach() - means) ** 2 / variances) / variances.sqrt()
     score = float((dens * -(y[0].detach() - means) / variances).sum() / dens.sum())
     assert abs(float(grad_y[0]) - score) < 1e-10
+
+
+def test_huge_log_precisions_stay_finite_and_normalised():
+    # SGD at lr 1 drove alpha past 88 (e^alpha overflows float32; inf * 0 = NaN): the density
+    # uses alpha clamped to +-LOG_PRECISION_BOUND and stays finite and normalised.
+    from ride.mcgsm import LOG_PRECISION_BOUND
+
+    torch.manual_seed(0)
+    m = MCGSM(3, 2, 2, 2)
+    with torch.no_grad():
+        m.scales.copy_(torch.tensor([[100.0, 0.0], [-100.0, 1.0]]))
+    h = torch.zeros(1, 3)  # zero energy and zero mean: exactly the inf * 0 case
+    y = torch.zeros(1)
+    lp = m.log_prob(h, y)
+    assert torch.isfinite(lp).all()
+    lp.sum().backward()
+    assert torch.isfinite(m.scales.grad).all()
+    assert m.log_precisions().abs().max().item() == LOG_PRECISION_BOUND
+    # Normalised: integrate over y in float64 across the narrow and the wide components.
+    m = m.double()
+    ys = torch.cat([torch.linspace(-1e-5, 1e-5, 20001), torch.linspace(-50, 50, 200001),
+                    torch.linspace(-1e8, 1e8, 200001)]).double()
+    ys = ys.unique()
+    dens = m.log_prob(torch.zeros(ys.numel(), 3, dtype=torch.float64), ys).exp()
+    total = torch.trapezoid(dens, ys).item()
+    assert abs(total - 1) < 1e-3
