@@ -186,6 +186,10 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         "reps": reps,
         "threads": torch.get_num_threads(),
     }
+    from .slstm import blas_pointers, c_kernels
+
+    record["c_kernels"] = c_kernels() is not None
+    record["blas_in_kernels"] = bool(blas_pointers())
     if "reference" in med:
         record["per_pixel_px_per_s"] = px / med["reference"]
         record["per_pixel_step_s"] = med["reference"]
@@ -236,6 +240,9 @@ def status(key):
 
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
+if cfg.get("tune_malloc"):
+    from ride.slstm import tune_malloc
+    tune_malloc()
 model, images = _make_model(cfg["layers"], cfg["hidden"], cfg["patch"], cfg["batch"], torch.device("cpu"), cfg["extended"])
 try:
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed while building back to the OS
@@ -256,7 +263,7 @@ print(json.dumps({"before_kb": before, "after_kb": after, "method": method}))
 
 
 def peak_memory(layers: int, hidden: int, patch: int, batch: int, device: torch.device, impl: str,
-                extended: bool = False) -> dict[str, float | None]:
+                extended: bool = False, tune_malloc: bool = False) -> dict[str, float | None]:
     """Peak memory of a training step: CPU via a fresh subprocess's maxrss, CUDA via the allocator."""
     if device.type == "cuda":
         model, images = _make_model(layers, hidden, patch, batch, device, extended)
@@ -270,7 +277,7 @@ def peak_memory(layers: int, hidden: int, patch: int, batch: int, device: torch.
         del model, images
         return {"peak_mem_mb": (peak - base) / 2**20, "peak_total_mb": peak / 2**20}
     cfg = {"layers": layers, "hidden": hidden, "patch": patch, "batch": batch, "impl": impl,
-           "extended": extended, "threads": torch.get_num_threads()}
+           "extended": extended, "threads": torch.get_num_threads(), "tune_malloc": tune_malloc}
     try:
         out = subprocess.run([sys.executable, "-c", _MEM_CHILD, json.dumps(cfg)], capture_output=True,
                              text=True, check=True, timeout=1800)
@@ -284,12 +291,12 @@ def peak_memory(layers: int, hidden: int, patch: int, batch: int, device: torch.
 
 def best_batch(layers: int, hidden: int, patch: int, device: torch.device, impl: str, candidates: list[int],
                extended: bool = False) -> tuple[int, dict[int, float]]:
-    """Batch size with the highest training px/s among ``candidates`` (two timed steps each)."""
+    """Batch size with the highest training px/s among ``candidates`` (best of three timed steps)."""
     rates: dict[int, float] = {}
     for batch in candidates:
         model, images = _make_model(layers, hidden, patch, batch, device, extended)
         _train_step(model, images, impl)
-        t = min(_time(lambda: _train_step(model, images, impl), device) for _ in range(2))
+        t = min(_time(lambda: _train_step(model, images, impl), device) for _ in range(3))
         rates[batch] = batch * scored_pixels(patch) / t
         del model, images
     return max(rates, key=rates.get), rates
@@ -410,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--tune-malloc", action="store_true",
+                   help="call ride.slstm.tune_malloc() first (glibc keeps freed memory: no page faults per step)")
     p.add_argument("--quick", action="store_true", help="1 layer, 64 hidden, 8x8 and 22x22, 2 reps (< 60 s)")
     p.add_argument("--eval", action="store_true", help="time the evaluation of 100 256x256 images in 64x64 tiles")
     p.add_argument("--eval-images", type=int, default=100)
@@ -423,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from .slstm import tune_malloc
+
+        print(f"ride bench: tune_malloc() -> {tune_malloc()}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("ride bench: CUDA is not available", file=sys.stderr)
@@ -473,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                         if fits:
                             rec["batch_search"] = {str(k): v for k, v in rates.items()}
                         if not args.no_memory:
-                            rec.update(peak_memory(n_layers, n_hidden, patch, batch, device, args.impl, args.extended))
+                            rec.update(peak_memory(n_layers, n_hidden, patch, batch, device, args.impl, args.extended,
+                                                   args.tune_malloc))
                         else:
                             rec.update({"peak_mem_mb": None})
                         rec["gemm_size"] = size

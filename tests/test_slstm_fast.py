@@ -289,7 +289,11 @@ def test_fused_mcgsm_gradcheck():
     y = torch.randn(5, dtype=torch.float64, requires_grad=True)
 
     def fn(h, y, *vals):
-        return slstm.mcgsm_log_prob(SimpleNamespace(dim_in=3, **dict(zip(names, vals))), h, y)
+        # A stand-in module whose parameters are the gradcheck inputs; the density reads the
+        # log-precisions through MCGSM.log_precisions (the clamp), so the stand-in provides it too.
+        ns = SimpleNamespace(dim_in=3, **dict(zip(names, vals)))
+        ns.log_precisions = lambda: MCGSM.log_precisions(ns)
+        return slstm.mcgsm_log_prob(ns, h, y)
 
     assert torch.autograd.gradcheck(fn, (h, y, *values))
 
