@@ -61,6 +61,9 @@ class TrainConfig:
     lbfgs_patience: int = 2
     checkpoint_every: int = 100
     nan_retries: int = 3
+    # None = the paper's plain momentum SGD; a number rescales each batch's gradient to at most
+    # this global L2 norm before the step (documented deviation, see config.yaml).
+    clip_grad_norm: float | None = None
     seed: int = 0
 
     @classmethod
@@ -76,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"each stage needs a positive 'patch' and 'lr', got {stage}")
         if not 0 < config.valid_fraction < 1:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {config.valid_fraction}")
+        if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive or null, got {config.clip_grad_norm}")
         return config
 
 
@@ -354,6 +359,8 @@ class Trainer:
                 bar.close()
                 raise _Diverged(stage, b, loss.item())
             loss.backward()
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
             self.optimizer.step()
             losses.append(loss.item())
             self.state["batch"] = b + 1

@@ -169,3 +169,28 @@ def test_nan_restores_last_checkpoint_with_halved_rate(tmp_path):
     assert events[0]["new_lr"] == pytest.approx(0.25)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_clip_grad_norm_bounds_each_step(tmp_path, clip):
+    # One SGD step without momentum moves the parameters by lr * gradient; with clip_grad_norm
+    # the move is at most lr * clip. The unclipped case shows the bound is not trivially met.
+    images = torch.from_numpy(gaussian_ar_field(6, 24, seed=6))
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 0, "momentum": 0.0,
+                                 "stages": [{"patch": 12, "lr": 1.0}], "clip_grad_norm": clip})
+    moves = []
+
+    def after_batch(state):
+        now = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        moves.append((now - before).norm().item())
+
+    trainer = Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False, callback=after_batch)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    trainer.run()
+    assert moves
+    if clip is None:
+        assert moves[0] > 10 * 1e-3
+    else:
+        assert moves[0] <= 1e-3 * (1 + 1e-5)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        TrainConfig.from_dict({"clip_grad_norm": 0.0})
