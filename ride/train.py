@@ -268,6 +268,12 @@ class Trainer:
     def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.config.momentum)
 
+    def _stage_patch(self, patch: int) -> int:
+        # The paper's stages start at 8x8 patches, made for its 5-wide neighbourhood (6x4 scored
+        # pixels). Wider neighbourhoods (figure 2: widths 7, 9) get the same margin: a patch at
+        # least nb_size + 3 wide, so every stage scores a grid at least 4 pixels wide.
+        return max(patch, self.model.neighborhood.n + 3)
+
     def _stage_lr(self, stage: int) -> float:
         return float(self.config.stages[stage]["lr"]) * self.state["lr_scale"].get(str(stage), 1.0)
 
@@ -327,7 +333,7 @@ class Trainer:
     def _run_stage(self, stage: int) -> None:
         cfg = self.config
         spec = cfg.stages[stage]
-        patch, lr = int(spec["patch"]), self._stage_lr(stage)
+        patch, lr = self._stage_patch(int(spec["patch"])), self._stage_lr(stage)
         if self.state["batch"] == 0:
             if cfg.grow_layers and stage > 0 and self.model.slstm.num_layers < self.target_layers:
                 torch.manual_seed(cfg.seed * 1_000_003 + 20_000 + stage)  # same new layer after a resume
@@ -374,7 +380,8 @@ class Trainer:
                 self.callback(dict(self.state))
         bar.close()
         refine = self._refine_mcgsm(stage, patch)
-        self.history.append({"stage": stage + 1, "patch": patch, "lr": lr, "batches": num_batches,
+        self.history.append({"stage": stage + 1, "patch": patch, "requested_patch": int(spec["patch"]), "lr": lr,
+                             "batches": num_batches,
                              "train_nll_first": losses[0] if losses else None,
                              "train_nll_last": losses[-1] if losses else None, **refine})
         self.state["stage"], self.state["batch"] = stage + 1, 0

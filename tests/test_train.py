@@ -1,6 +1,7 @@
 """Training: known entropy rate, samples, resume, failure modes."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -194,3 +195,15 @@ def test_clip_grad_norm_bounds_each_step(tmp_path, clip):
         assert moves[0] <= 1e-3 * (1 + 1e-5)
     with pytest.raises(ValueError, match="clip_grad_norm"):
         TrainConfig.from_dict({"clip_grad_norm": 0.0})
+
+
+def test_stage_patches_grow_to_fit_wide_neighbourhoods(tmp_path):
+    # An 8x8 stage with a 9-wide neighbourhood (5x9 window) has no scored pixel; the trainer
+    # widens such a stage's patches to nb_size + 3 and records both sizes.
+    images = torch.from_numpy(gaussian_ar_field(6, 24, seed=7))
+    model_cfg = {**RIDE_CFG["model"], "nb_size": 9}
+    cfg = TrainConfig.from_dict({**RIDE_CFG["train"], "lbfgs_iterations": 2,
+                                 "stages": [{"patch": 8, "lr": 0.1}, {"patch": 16, "lr": 0.1}]})
+    Trainer(model_cfg, cfg, images, tmp_path, "cpu", progress=False).run()
+    history = json.loads((tmp_path / "train.json").read_text())["history"]
+    assert [(h["requested_patch"], h["patch"]) for h in history] == [(8, 12), (16, 16)]
