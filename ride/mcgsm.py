@@ -9,6 +9,7 @@ is exactly normalised in y for every h.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -61,7 +62,22 @@ class MCGSM(nn.Module):
         return gate, means
 
     def log_prob(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        """``log p(outputs | inputs)`` in nats; inputs ``... x dim_in``, outputs ``...``."""
+        """``log p(outputs | inputs)`` in nats; inputs ``... x dim_in``, outputs ``...``.
+
+        On the CPU (float32/float64, where ride.slstm's C kernels compiled) the mixture part runs
+        fused (``ride.slstm.mcgsm_log_prob``: same values and gradients, tests/test_slstm_fast.py);
+        elsewhere, or with ``RIDE_MCGSM_IMPL=torch``, it is :meth:`reference_log_prob`.
+        """
+        if inputs.shape[-1] != self.dim_in:
+            raise ValueError(f"MCGSM expects inputs with last dimension {self.dim_in}, got {tuple(inputs.shape)}")
+        if inputs.device.type == "cpu" and os.environ.get("RIDE_MCGSM_IMPL", "auto") != "torch":
+            from .slstm import mcgsm_log_prob
+
+            return mcgsm_log_prob(self, inputs, outputs, fallback=self.reference_log_prob)
+        return self.reference_log_prob(inputs, outputs)
+
+    def reference_log_prob(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_prob` in plain torch ops (every device)."""
         if inputs.shape[-1] != self.dim_in:
             raise ValueError(f"MCGSM expects inputs with last dimension {self.dim_in}, got {tuple(inputs.shape)}")
         gate, means = self._joint_logits(inputs)
