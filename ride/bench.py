@@ -35,7 +35,6 @@ read 0, hidden below the earlier high-water mark). On CUDA
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -108,29 +107,7 @@ def _make_model(layers: int, hidden: int, patch: int, batch: int, device: torch.
     return model.to(device), images.to(device)
 
 
-@contextlib.contextmanager
-def fused_mcgsm():
-    """Temporarily route ``MCGSM.log_prob`` through :func:`ride.slstm.mcgsm_log_prob` (the fused
-    CPU kernel, not wired into ride/mcgsm.py): what the model would gain from it."""
-    from .mcgsm import MCGSM
-    from .slstm import mcgsm_log_prob
-
-    original = MCGSM.log_prob
-
-    def log_prob(self, inputs, outputs):
-        return mcgsm_log_prob(self, inputs, outputs, fallback=lambda i, o: original(self, i, o))
-
-    MCGSM.log_prob = log_prob
-    try:
-        yield
-    finally:
-        MCGSM.log_prob = original
-
-
 def _train_step(model, images, impl: str) -> None:
-    if impl.endswith("+fmcgsm"):
-        with fused_mcgsm():
-            return _train_step(model, images, impl[: -len("+fmcgsm")])
     model.impl = impl
     for p in model.parameters():
         p.grad = None
@@ -148,20 +125,17 @@ def _time(fn: Callable[[], Any], device: torch.device) -> float:
 
 def measure_config(layers: int, hidden: int, patch: int, batch: int, device: torch.device, impl: str,
                    reps: int, per_pixel_reps: int, gemm: Callable[[], float], extended: bool = False,
-                   baselines: tuple[str, ...] = ("reference",), with_fused_mcgsm: bool = False) -> dict[str, Any]:
+                   baselines: tuple[str, ...] = ("reference",)) -> dict[str, Any]:
     from .slstm import resolve_impl
 
     model, images = _make_model(layers, hidden, patch, batch, device, extended)
     px = batch * scored_pixels(patch)
-    mains = [impl] + ([f"{impl}+fmcgsm"] if with_fused_mcgsm else [])
-    for name in mains:
-        _train_step(model, images, name)  # warm-up (also builds the C kernels once)
-    times: dict[str, list[float]] = {name: [] for name in mains + list(baselines)}
+    _train_step(model, images, impl)  # warm-up (also builds the C kernels once)
+    times: dict[str, list[float]] = {name: [] for name in [impl, *baselines]}
     flops: list[float] = []
     for rep in range(max(reps, per_pixel_reps)):
-        for name in mains:
-            if rep < reps:
-                times[name].append(_time(lambda: _train_step(model, images, name), device))
+        if rep < reps:
+            times[impl].append(_time(lambda: _train_step(model, images, impl), device))
         for base in baselines:
             if rep < per_pixel_reps:
                 times[base].append(_time(lambda: _train_step(model, images, base), device))
@@ -199,13 +173,6 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         record["speedup_vs_per_pixel"] = None
     if "wavefront" in med:
         record["wavefront_px_per_s"] = px / med["wavefront"]
-    fused = f"{impl}+fmcgsm"
-    if fused in med:
-        record["fused_mcgsm_px_per_s"] = px / med[fused]
-        record["fused_mcgsm_frac_roofline"] = record["fused_mcgsm_px_per_s"] / record["roofline_px_per_s"]
-    if "reference+fmcgsm" in med:
-        record["per_pixel_fused_mcgsm_px_per_s"] = px / med["reference+fmcgsm"]
-        record["fused_mcgsm_speedup_vs_per_pixel"] = record["fused_mcgsm_px_per_s"] / record["per_pixel_fused_mcgsm_px_per_s"]
     record["frac_roofline"] = record["px_per_s"] / record["roofline_px_per_s"]
     return record
 
@@ -307,7 +274,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 _HEAD = (f"{'layers':>6} {'hidden':>6} {'patch':>5} {'batch':>6} {'impl':>9} {'px/s':>10} {'per-px px/s':>11} "
-         f"{'speedup':>7} {'roofline':>10} {'%roof':>6} {'mem MB':>7} {'rss MB':>7} {'fmcgsm px/s':>11} {'%roof':>6} {'speedup':>7}")
+         f"{'speedup':>7} {'roofline':>10} {'%roof':>6} {'mem MB':>7} {'rss MB':>7}")
 
 
 def format_row(r: dict[str, Any]) -> str:
@@ -316,10 +283,7 @@ def format_row(r: dict[str, Any]) -> str:
     return (
         f"{r['layers']:>6} {r['hidden']:>6} {r['patch']:>5} {batch:>6} {r['impl']:>9} {r['px_per_s']:>10.4g} "
         f"{_fmt(r.get('per_pixel_px_per_s'), '>11.4g'):>11} {speedup:>7} {r['roofline_px_per_s']:>10.4g} "
-        f"{100 * r['frac_roofline']:>5.1f}% {_fmt(r.get('peak_mem_mb'), '>7.0f'):>7} {_fmt(r.get('peak_rss_mb'), '>7.0f'):>7} "
-        f"{_fmt(r.get('fused_mcgsm_px_per_s'), '>11.4g'):>11} "
-        f"{_fmt(100 * r['fused_mcgsm_frac_roofline'] if 'fused_mcgsm_frac_roofline' in r else None, '>5.1f'):>5}% "
-        f"{_fmt(r.get('fused_mcgsm_speedup_vs_per_pixel'), '>6.1f'):>6}x"
+        f"{100 * r['frac_roofline']:>5.1f}% {_fmt(r.get('peak_mem_mb'), '>7.0f'):>7} {_fmt(r.get('peak_rss_mb'), '>7.0f'):>7}"
     )
 
 
@@ -363,17 +327,16 @@ def run_eval(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                           for i in range(0, tiles.shape[0], args.eval_batch))
             return {"num_tiles": tiles.shape[0], "bits_per_pixel": tot / (tiles.shape[0] * 62 * 60) / math.log(2)}
 
-    with fused_mcgsm() if args.fused_mcgsm else contextlib.nullcontext():
-        _sync(device)
-        start = time.perf_counter()
-        result = run()
-        _sync(device)
-        seconds = time.perf_counter() - start
+    _sync(device)
+    start = time.perf_counter()
+    result = run()
+    _sync(device)
+    seconds = time.perf_counter() - start
     tiles = result.get("num_tiles")
     return {
         "mode": "eval",
         "device": _device_name(device),
-        "impl": model.impl + ("+fused MCGSM" if args.fused_mcgsm else ""),
+        "impl": model.impl,
         "images": args.eval_images,
         "size": args.eval_size,
         "tiles": tiles,
@@ -406,9 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extended", action="store_true", help="the extended SLSTM (cell states in the gates)")
     p.add_argument("--impl", default="auto", help="SLSTM implementation to measure (default auto)")
     p.add_argument("--wavefront", action="store_true", help="also time impl='wavefront' in the same reps")
-    p.add_argument("--fused-mcgsm", action="store_true",
-                   help="also time the model with MCGSM.log_prob routed through ride.slstm.mcgsm_log_prob "
-                        "(column 'fmcgsm px/s'; not wired into ride/mcgsm.py)")
     p.add_argument("--reps", type=int, default=5, help="timed training steps per configuration")
     p.add_argument("--per-pixel-reps", type=int, default=2, help="timed steps of the per-pixel schedule")
     p.add_argument("--max-per-pixel-px", type=int, default=200_000,
@@ -478,10 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                     for batch, is_best in batches:
                         px = batch * scored_pixels(patch)
                         bases = tuple(b for b in baselines if b != "reference" or px <= args.max_per_pixel_px)
-                        if args.fused_mcgsm and "reference" in bases:
-                            bases += ("reference+fmcgsm",)
                         rec = measure_config(n_layers, n_hidden, patch, batch, device, args.impl, reps, pp_reps,
-                                             gemm, args.extended, bases, args.fused_mcgsm)
+                                             gemm, args.extended, bases)
                         rec["best_batch"] = is_best
                         if fits:
                             rec["batch_search"] = {str(k): v for k, v in rates.items()}
@@ -497,9 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                             _write_json(args.json, records)
         print("\n(* = best batch of the search; speedup = px/s over the per-pixel schedule (impl='reference') in "
               f"the same reps; roofline = measured {size}^3 GEMM FLOP/s / GEMM FLOPs per scored pixel; mem MB = "
-              "peak working memory of a training step, rss MB = peak resident set of that process; fmcgsm = "
-              "the same with MCGSM.log_prob routed through ride.slstm.mcgsm_log_prob, speedup against the "
-              "per-pixel schedule with the same MCGSM)")
+              "peak working memory of a training step, rss MB = peak resident set of that process)")
     if args.json:
         _write_json(args.json, records)
     return 0

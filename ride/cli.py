@@ -24,14 +24,6 @@ def _read_config(path: str) -> dict[str, Any]:
     return config
 
 
-def tune_malloc() -> None:
-    # Long jobs free and reallocate the same large buffers every step; keeping them mapped halves
-    # a 64x64 training step on CPU (see ride.slstm.tune_malloc).
-    from .slstm import tune_malloc as _tune
-
-    _tune()
-
-
 def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
@@ -58,10 +50,11 @@ def cmd_deadleaves(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .slstm import tune_malloc
     from .train import TrainingError, train
 
     config = _read_config(args.config)
-    tune_malloc()
+    tune_malloc()  # a long job reuses the same large buffers every step (ride.slstm.tune_malloc)
     try:
         train(config, args.data, args.out_dir, resume=args.resume, device=args.device, seed=args.seed,
               progress=not args.no_progress)
@@ -76,6 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import atomic_write, load_images
     from .evaluate import evaluate
     from .provenance import provenance, resolve_device
+    from .slstm import tune_malloc
     from .train import load_model
 
     start = time.perf_counter()

@@ -66,10 +66,9 @@ class MCGSM(nn.Module):
 
         On the CPU (float32/float64, where ride.slstm's C kernels compiled) the mixture part runs
         fused (``ride.slstm.mcgsm_log_prob``: same values and gradients, tests/test_slstm_fast.py);
-        elsewhere, or with ``RIDE_MCGSM_IMPL=torch``, it is :meth:`reference_log_prob`.
+        elsewhere, or with ``RIDE_MCGSM_IMPL=torch``, it is :meth:`reference_log_prob` (which
+        also checks the input width: the fused path hands mismatched inputs to it).
         """
-        if inputs.shape[-1] != self.dim_in:
-            raise ValueError(f"MCGSM expects inputs with last dimension {self.dim_in}, got {tuple(inputs.shape)}")
         if inputs.device.type == "cpu" and os.environ.get("RIDE_MCGSM_IMPL", "auto") != "torch":
             from .slstm import mcgsm_log_prob
 

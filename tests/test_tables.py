@@ -392,6 +392,7 @@ def test_committed_results_are_judged_and_misses_reported(path, config):
     rows = T.read_csv(path)
     assert {r["scale"] for r in rows} == {path.parent.name}
     rejudged = T.rejudge(rows, config)
+
     def shape(verdict):  # the CSV rounds values to 4 decimals, so compare verdicts up to the numbers
         return re.sub(r"[-+]?\d+\.\d+", "#", str(verdict))
 
