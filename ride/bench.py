@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -47,17 +45,20 @@ from typing import Any, Callable
 
 import torch
 
-NB_SIZE = 5
-NB_DIM = 12  # inputs of the width-5 causal neighbourhood
+from .neighborhood import Neighborhood
+from .provenance import device_name
+
+NEIGHBORHOOD = Neighborhood(5)  # the paper's default width: 12 inputs
 COMPONENTS, SCALES, FEATURES = 32, 4, 32
 
 
 def scored_pixels(patch: int) -> int:
-    """Scored pixels of a ``patch x patch`` image for the width-5 neighbourhood: (H-2)(W-4)."""
-    return (patch - 2) * (patch - 4)
+    """Scored pixels of a ``patch x patch`` image (the neighbourhood's grid: (H-2)(W-4) for width 5)."""
+    rows, cols = NEIGHBORHOOD.grid_shape(patch, patch)
+    return rows * cols
 
 
-def flops_per_pixel(layers: int, hidden: int, extended: bool = False, nb_dim: int = NB_DIM,
+def flops_per_pixel(layers: int, hidden: int, extended: bool = False, nb_dim: int = NEIGHBORHOOD.dim,
                     components: int = COMPONENTS, features: int = FEATURES) -> int:
     """GEMM FLOPs per scored pixel of one training step (see the module docstring)."""
     rec = (4 if extended else 2) * hidden
@@ -97,7 +98,7 @@ def _make_model(layers: int, hidden: int, patch: int, batch: int, device: torch.
     from .model import RIDE
 
     torch.manual_seed(0)
-    model = RIDE(nb_size=NB_SIZE, num_hidden=hidden, num_layers=layers, extended=extended,
+    model = RIDE(nb_size=NEIGHBORHOOD.n, num_hidden=hidden, num_layers=layers, extended=extended,
                  num_components=COMPONENTS, num_scales=SCALES, num_features=FEATURES)
     gen = torch.Generator().manual_seed(1)
     images = torch.rand(batch, patch, patch, generator=gen)
@@ -126,6 +127,7 @@ def _time(fn: Callable[[], Any], device: torch.device) -> float:
 def measure_config(layers: int, hidden: int, patch: int, batch: int, device: torch.device, impl: str,
                    reps: int, per_pixel_reps: int, gemm: Callable[[], float], extended: bool = False,
                    baselines: tuple[str, ...] = ("reference",)) -> dict[str, Any]:
+    from .kernels import blas_pointers, c_kernels
     from .slstm import resolve_impl
 
     model, images = _make_model(layers, hidden, patch, batch, device, extended)
@@ -149,7 +151,7 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         "extended": extended,
         "patch": patch,
         "batch": batch,
-        "device": _device_name(device),
+        "device": device_name(device),
         "impl": resolve_impl(impl, images),
         "scored_px_per_step": px,
         "step_s": med[impl],
@@ -160,8 +162,6 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         "reps": reps,
         "threads": torch.get_num_threads(),
     }
-    from .slstm import blas_pointers, c_kernels
-
     record["c_kernels"] = c_kernels() is not None
     record["blas_in_kernels"] = bool(blas_pointers())
     if "reference" in med:
@@ -175,23 +175,6 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         record["wavefront_px_per_s"] = px / med["wavefront"]
     record["frac_roofline"] = record["px_per_s"] / record["roofline_px_per_s"]
     return record
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{_cpu_model()}x{torch.get_num_threads()}threads"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 _MEM_CHILD = """
@@ -208,7 +191,7 @@ def status(key):
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 if cfg.get("tune_malloc"):
-    from ride.slstm import tune_malloc
+    from ride.kernels import tune_malloc
     tune_malloc()
 model, images = _make_model(cfg["layers"], cfg["hidden"], cfg["patch"], cfg["batch"], torch.device("cpu"), cfg["extended"])
 try:
@@ -297,50 +280,30 @@ def print_table(records: list[dict[str, Any]], file=None) -> None:
 
 def run_eval(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Time the exact log-likelihood of 100 256x256 images in 64x64 tiles for RIDE 1 layer, 64 hidden."""
+    from .deadleaves import generate
+    from .evaluate import evaluate
     from .model import RIDE
 
-    try:
-        from .deadleaves import generate
-
-        images = torch.from_numpy(generate(args.eval_images, args.eval_size, seed=0))
-        source = "dead leaves (ride.deadleaves.generate, seed 0)"
-    except Exception:  # the generator is optional for the benchmark
-        images = torch.rand(args.eval_images, args.eval_size, args.eval_size)
-        source = "uniform noise"
+    images = torch.from_numpy(generate(args.eval_images, args.eval_size, seed=0))
     torch.manual_seed(0)
-    model = RIDE(nb_size=NB_SIZE, num_hidden=64, num_layers=1)
+    model = RIDE(nb_size=NEIGHBORHOOD.n, num_hidden=64, num_layers=1)
     model.fit_whitening(images[:10])
     model = model.to(device).eval()
     model.impl = args.impl
-    try:
-        from .evaluate import evaluate
-
-        def run() -> dict[str, Any]:
-            return evaluate(model, images, tile=64, batch_size=args.eval_batch)
-
-    except ImportError:  # same procedure: non-overlapping tiles, log_prob under no_grad in batches
-        def run() -> dict[str, Any]:
-            n, s = images.shape[0], images.shape[1] // 64 * 64
-            tiles = images[:, :s, :s].reshape(n, s // 64, 64, s // 64, 64).transpose(2, 3).reshape(-1, 64, 64)
-            with torch.no_grad():
-                tot = sum(float(model.log_prob(tiles[i : i + args.eval_batch].to(device)).double().sum())
-                          for i in range(0, tiles.shape[0], args.eval_batch))
-            return {"num_tiles": tiles.shape[0], "bits_per_pixel": tot / (tiles.shape[0] * 62 * 60) / math.log(2)}
-
     _sync(device)
     start = time.perf_counter()
-    result = run()
+    result = evaluate(model, images, tile=64, batch_size=args.eval_batch)
     _sync(device)
     seconds = time.perf_counter() - start
     tiles = result.get("num_tiles")
     return {
         "mode": "eval",
-        "device": _device_name(device),
+        "device": device_name(device),
         "impl": model.impl,
         "images": args.eval_images,
         "size": args.eval_size,
         "tiles": tiles,
-        "images_source": source,
+        "images_source": "dead leaves (ride.deadleaves.generate, seed 0)",
         "seconds": seconds,
         "scored_px_per_s": tiles * scored_pixels(64) / seconds if tiles else None,
         "bits_per_pixel": result.get("bits_per_pixel"),
@@ -353,9 +316,11 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ride bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ride bench`` (also ``python -m ride.bench``)."""
     p.add_argument("--layers", type=_ints, default=[1, 2, 3])
     p.add_argument("--hidden", type=_ints, default=[64, 128])
     p.add_argument("--patch", type=_ints, default=[8, 22, 64])
@@ -378,29 +343,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--tune-malloc", action="store_true",
-                   help="call ride.slstm.tune_malloc() first (glibc keeps freed memory: no page faults per step)")
+                   help="call ride.kernels.tune_malloc() first (glibc keeps freed memory: no page faults per step)")
     p.add_argument("--quick", action="store_true", help="1 layer, 64 hidden, 8x8 and 22x22, 2 reps (< 60 s)")
     p.add_argument("--eval", action="store_true", help="time the evaluation of 100 256x256 images in 64x64 tiles")
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--eval-size", type=int, default=256)
     p.add_argument("--eval-batch", type=int, default=64, help="tiles per log_prob call")
     p.add_argument("--json", metavar="FILE", help="write the records (one per configuration) as a JSON list")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m ride.bench`` (``ride bench`` registers :func:`add_arguments`)."""
+    p = argparse.ArgumentParser(prog="ride bench", description=DESCRIPTION)
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``python -m ride.bench [options]``: the same as ``ride bench [options]``."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed options ask for; prints a table, writes ``--json``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tune_malloc:
-        from .slstm import tune_malloc
+        from .kernels import tune_malloc
 
         print(f"ride bench: tune_malloc() -> {tune_malloc()}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("ride bench: CUDA is not available", file=sys.stderr)
         return 2
-    print(f"ride bench: device {_device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+    print(f"ride bench: device {device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
           "pixels are scored pixels ((H-2)x(W-4) per HxW patch), training = forward + backward of the loss")
     records: list[dict[str, Any]] = []
     if args.eval:

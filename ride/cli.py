@@ -1,4 +1,4 @@
-"""The ``ride`` command: deadleaves, train, evaluate, sample, bench."""
+"""The ``ride`` command: deadleaves, train, evaluate, sample, table, bench."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +12,29 @@ import numpy as np
 import torch
 import yaml
 
+from .errors import ConfigError, EvaluationError, RideError
+
 
 def _read_config(path: str) -> dict[str, Any]:
     text = Path(path).read_text()
     try:
         config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SystemExit(f"ride: cannot parse config {path}: {err}") from err
+        raise ConfigError(f"{path}: cannot parse the config ({err}); fix its syntax") from None
     if not isinstance(config, dict):
-        raise SystemExit(f"ride: config {path} must be a mapping with 'model' and 'train' sections")
+        raise ConfigError(f"{path}: the config must be a mapping with 'model' and 'train' sections")
     return config
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _parse_value(text: str) -> Any:
@@ -30,7 +43,7 @@ def _parse_value(text: str) -> Any:
 
 def cmd_deadleaves(args: argparse.Namespace) -> int:
     from .data import save_images
-    from .deadleaves import DEFAULTS, generate
+    from .deadleaves import DEFAULTS, generate, zscore_attrs
 
     params = dict(DEFAULTS)
     for item in args.param:
@@ -41,8 +54,10 @@ def cmd_deadleaves(args: argparse.Namespace) -> int:
     if not 0 < args.num_test < args.num_images:
         raise SystemExit("ride deadleaves: need 0 < --num-test < --num-images")
     images = generate(args.num_images, args.size, args.seed, **params)
-    attrs = {"generator": "dead leaves", "seed": args.seed, "params": json.dumps(params)}
     split = args.num_images - args.num_test
+    # Both files carry the training set's statistics: the test set is Z-scored with them too.
+    attrs = {"generator": "dead leaves", "seed": args.seed, "params": json.dumps(params),
+             **zscore_attrs(images[:split])}
     save_images(args.out_train, images[:split], {**attrs, "split": "train"})
     save_images(args.out_test, images[split:], {**attrs, "split": "test"})
     print(f"wrote {split} training images to {args.out_train} and {args.num_test} test images to {args.out_test}")
@@ -50,26 +65,22 @@ def cmd_deadleaves(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .slstm import tune_malloc
-    from .train import TrainingError, train
+    from .kernels import tune_malloc
+    from .train import train
 
     config = _read_config(args.config)
-    tune_malloc()  # a long job reuses the same large buffers every step (ride.slstm.tune_malloc)
-    try:
-        train(config, args.data, args.out_dir, resume=args.resume, device=args.device, seed=args.seed,
-              progress=not args.no_progress)
-    except TrainingError as err:
-        print(f"ride train: {err}", file=sys.stderr)
-        return 3
+    tune_malloc()  # a long job reuses the same large buffers every step (ride.kernels.tune_malloc)
+    train(config, args.data, args.out_dir, resume=args.resume, device=args.device, seed=args.seed,
+          progress=not args.no_progress, restart=args.restart, source=args.config)
     print(f"wrote {Path(args.out_dir) / 'model.pt'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import atomic_write, load_images
-    from .evaluate import evaluate
+    from .data import atomic_write, load_attrs, load_images
+    from .evaluate import evaluate, zscore_of_data
+    from .kernels import tune_malloc
     from .provenance import provenance, resolve_device
-    from .slstm import tune_malloc
     from .train import load_model
 
     start = time.perf_counter()
@@ -77,15 +88,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     images = torch.from_numpy(load_images(args.data))
-    result = evaluate(model, images, tile=args.tile, ensemble=args.ensemble, max_tiles=args.max_tiles,
-                      batch_size=args.batch_size)
+    zscore = zscore_of_data(load_attrs(args.data), args.data, args.zscore)
+    try:
+        result = evaluate(model, images, tile=args.tile, ensemble=args.ensemble, max_tiles=args.max_tiles,
+                          batch_size=args.batch_size, zscore=zscore)
+    except EvaluationError as err:
+        raise EvaluationError(f"{args.model} on {args.data}: {err}") from None
     result.update({"model": str(args.model), "data": str(args.data), "model_config": model.config,
                    "provenance": provenance(device, model.train_summary.get("provenance", {}).get("seed"),
                                              time.perf_counter() - start)})
     text = json.dumps(result, indent=2)
     if args.out:
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
-    print(text)
+    # The per-tile lists go to --out only; the terminal gets the summary.
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     return 0
 
 
@@ -113,10 +129,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+def cmd_table(args: argparse.Namespace) -> int:
+    """``ride table check|spread``: judge rendered tables; seed spread of smoke tables."""
+    from . import experiments, tables
+    from .tablefiles import write_text
 
-    return bench_main(args.bench_args)
+    if args.table_command == "check":
+        config = experiments.load_config(args.config) if args.config else None
+        ok = True
+        for path in args.tables:
+            passed, report = tables.check_summary(path, config)
+            print(report, file=sys.stdout if passed else sys.stderr)
+            ok = ok and passed
+        return 0 if ok else 1
+    doc = tables.seed_spread([tables.read_csv(t) for t in args.tables], factor=args.factor)
+    doc["tables"] = list(args.tables)
+    write_text(args.out, json.dumps(doc, indent=2) + "\n")
+    print(f"max per-row SD {doc['max_sd']:.4f} bit/px over {doc['num_seeds']} seeds -> tolerance {doc['tolerance']:.4f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="HDF5 file with dataset 'images' (N x H x W)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt if present")
+    p.add_argument("--restart", action="store_true", help="discard OUT_DIR/checkpoint.pt and train afresh")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=None, help="overrides train.seed")
     p.add_argument("--no-progress", action="store_true")
@@ -147,42 +184,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", default=None)
-    p.add_argument("--tile", type=int, default=64)
+    p.add_argument("--tile", type=positive_int, default=64)
     p.add_argument("--ensemble", action="store_true")
-    p.add_argument("--max-tiles", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-tiles", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--zscore", dest="zscore", action="store_const", const="require", default="auto",
+                   help="also report rates on Z-scored intensities (bits_per_pixel_z) and fail if the data file "
+                        "lacks zscore_mean/zscore_std; by default they are reported when the file has them")
+    p.add_argument("--no-zscore", dest="zscore", action="store_const", const="off",
+                   help="report only the rate on the intensities as stored")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="ancestral samples of a trained model")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
+    p.add_argument("--num", type=positive_int, default=4)
+    p.add_argument("--size", type=positive_int, nargs=2, default=(64, 64), metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--png", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("bench", help="training/evaluation throughput benchmark (see ride bench --help)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("table", help="judge rendered result tables (results/<scale>/<table>.csv)")
+    table_sub = p.add_subparsers(dest="table_command", required=True)
+    q = table_sub.add_parser("check", help="exit 1 naming every row whose verdict is a MISS")
+    q.add_argument("tables", nargs="+", help="results/<scale>/<table>.csv")
+    q.add_argument("--config", help="recompute the verdicts with this config first (config/config.yaml)")
+    q = table_sub.add_parser("spread", help="seed-to-seed spread of several tables -> the smoke test's tolerance")
+    q.add_argument("tables", nargs="+", help="the same table from runs with different training seeds")
+    q.add_argument("--out", required=True, help="JSON file to write")
+    q.add_argument("--factor", type=float, default=3.0, help="tolerance = factor x the largest per-row SD")
+    p.set_defaults(func=cmd_table)
+
+    from . import bench
+
+    p = sub.add_parser("bench", help="training/evaluation throughput benchmark", description=bench.DESCRIPTION)
+    bench.add_arguments(p)
     p.set_defaults(func=cmd_bench)
+    from .datasets.commands import add_commands as add_dataset_commands
+
+    add_dataset_commands(sub)  # ride download, ride prepare <source>
+    from .inpaint import add_command as add_inpaint_command
+
+    add_inpaint_command(sub)  # ride inpaint
+    from .textures import add_command as add_texture_command
+
+    add_texture_command(sub)  # ride texture {standin,train,figure3,figure4}
+    __import__("ride.patch_experiment").patch_experiment.add_command(sub)  # ride patch {train,evaluate}
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        # argparse's REMAINDER does not take options that lead (`ride bench --quick`): hand the
-        # rest to the benchmark's own parser.
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:
-        print(f"ride {args.command}: error: {err}", file=sys.stderr)
+    except (RideError, ValueError, OSError) as err:
+        # One line that names the file or option and the fix (ride.errors); no traceback.
+        print(f"ride {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

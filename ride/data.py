@@ -14,11 +14,9 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .errors import DataError
+
 DATASET = "images"
-
-
-class DataError(ValueError):
-    """A dataset file is missing, corrupt or of the wrong form."""
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -41,10 +39,18 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file 0600; give it the mode any new file gets (0666 less umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_images(path: str | os.PathLike, images: np.ndarray, attrs: dict[str, Any] | None = None) -> str:
@@ -59,6 +65,11 @@ def save_images(path: str | os.PathLike, images: np.ndarray, attrs: dict[str, An
             for key, value in (attrs or {}).items():
                 fh.attrs[key] = value
 
+    return write_with_checksum(path, write)
+
+
+def write_with_checksum(path: str | os.PathLike, write: Any) -> str:
+    """:func:`atomic_write` of ``path``, then its ``<file>.sha256`` sidecar; returns the sha256."""
     atomic_write(path, write)
     digest = sha256sum(path)
     atomic_write(checksum_path(path), lambda tmp: Path(tmp).write_text(f"{digest}  {Path(path).name}\n"))
@@ -100,9 +111,29 @@ def load_images(path: str | os.PathLike, verify: bool = True, index: slice | Non
                 f"HDF5 with a float dataset '{DATASET}' of shape N x H x W"
             )
         dset = fh[DATASET]
+        if not isinstance(dset, h5py.Dataset):
+            raise DataError(
+                f"{path}: '{DATASET}' is an HDF5 {type(dset).__name__}, not a dataset; the project's format "
+                f"is HDF5 with a float dataset '{DATASET}' of shape N x H x W (write it with ride.data.save_images)"
+            )
         if dset.ndim != 3:
             raise DataError(f"{path}: dataset '{DATASET}' must have shape N x H x W, got {dset.shape}")
+        if not np.issubdtype(dset.dtype, np.floating):
+            raise DataError(
+                f"{path}: dataset '{DATASET}' holds {dset.dtype} values, but the format is float (grey levels "
+                f"dequantised to [0, 1), e.g. (uint8 + uniform noise) / 256); convert the images to float32 "
+                f"and write them with ride.data.save_images"
+            )
         images = np.asarray(dset[index] if index is not None else dset[()], dtype=np.float32)
     if not np.isfinite(images).all():
         raise DataError(f"{path}: dataset '{DATASET}' contains NaN or Inf values")
     return images
+
+
+def load_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The file's HDF5 attributes (what :func:`save_images` wrote beside the images)."""
+    try:
+        with h5py.File(path, "r") as fh:
+            return {key: value.item() if isinstance(value, np.generic) else value for key, value in fh.attrs.items()}
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err}); rebuild or re-download it") from err

@@ -1,9 +1,10 @@
-"""Figure 2 of the paper: bits/px of the MCGSM and of RIDE against the neighbourhood width.
+"""Neighbourhood-width figures (the paper's Figure 2): bits/px of each model against the width.
 
 Paper (section 3.3, Figure 2): on dead leaves, a wider causal neighbourhood barely helps the
 MCGSM (it saturates quickly), while RIDE is far above it at every width and slightly
 deteriorates for wide neighbourhoods. Our points come from ``ride evaluate`` JSONs of models
-that differ from a Table 3 row only in ``nb_size`` (see ``ride.tables.figure_variants``).
+that differ from a table's row only in ``nb_size``; ``ride.experiments.figure_variants`` says
+which exist at which scale. Files are written atomically (``ride.data.atomic_write``).
 """
 from __future__ import annotations
 
@@ -13,31 +14,30 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .tables import figure_variants, model_kwargs, scale_of, variant_spec
+from . import experiments as E
+from .data import atomic_write
+from .neighborhood import Neighborhood
 
 COLUMNS = ("model", "label", "nb_size", "num_inputs", "bits_per_px", "sem", "scale", "variant", "device", "num_tiles")
 
 
-def num_inputs(nb_size: int) -> int:
-    """Causal neighbourhood size for width ``n``: (n+1)//2 rows of n pixels minus the target and right."""
-    rows = (nb_size + 1) // 2
-    return (rows - 1) * nb_size + rows - 1
-
-
-def figure2_rows(config: Mapping[str, Any], scale: str, evals: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def figure_rows(
+    config: Mapping[str, Any], figure: str, scale: str, evals: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """One row per (model, width) from eval JSONs keyed by the evaluated variant name."""
+    table = E.figure_spec(config, figure)["table"]
     rows = []
-    for base, nb, name in figure_variants(config, scale):
+    for base, nb, name in E.figure_variants(config, figure, scale):
         ev = evals.get(name)
         if ev is None:
             continue
-        kind = "MCGSM" if model_kwargs(config, scale, name)["num_layers"] == 0 else "RIDE"
+        kind = "MCGSM" if E.model_kwargs(config, scale, table, name)["num_layers"] == 0 else "RIDE"
         rows.append(
             {
                 "model": kind,
-                "label": variant_spec(config, base)["label"],
+                "label": E.variant_spec(config, table, base)["label"],
                 "nb_size": nb,
-                "num_inputs": num_inputs(nb),
+                "num_inputs": Neighborhood(nb).dim,
                 "bits_per_px": ev.get("bits_per_pixel"),
                 "sem": ev.get("sem"),
                 "scale": scale,
@@ -51,12 +51,14 @@ def figure2_rows(config: Mapping[str, Any], scale: str, evals: Mapping[str, Mapp
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in COLUMNS})
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k) for k in COLUMNS})
+
+    atomic_write(path, write)
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -69,7 +71,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, scale: str) -> None:
+def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str, scale: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,25 +89,26 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, scale: str) -> Non
         ax.errorbar(x, y, yerr=e, label=f"{kind} ({pts[0]['label']})", capsize=3, **styles[kind])
     ax.set_xlabel("neighbourhood width n")
     ax.set_ylabel("log-likelihood [bit/px]")
-    ax.set_title(f"Figure 2, dead leaves ({scale} scale)")
+    ax.set_title(f"{title} ({scale} scale)")
     widths = sorted({r["nb_size"] for r in rows})
     if widths:
         ax.set_xticks(widths)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 
-def render_figure2(
-    config: Mapping[str, Any], scale: str, eval_paths: Mapping[str, str], out_csv: str | Path, out_png: str | Path
+def render_figure(
+    config: Mapping[str, Any], figure: str, scale: str, eval_paths: Mapping[str, str], out_csv: str | Path,
+    out_png: str | Path,
 ) -> list[dict[str, Any]]:
-    if not scale_of(config, scale).get("figure2"):
-        raise ValueError(f"scale {scale!r} has no figure2 entry in the config")
+    """Write ``figure``'s points at ``scale`` as CSV and PNG from the eval JSONs of its variants."""
+    if not E.figure_variants(config, figure, scale):
+        raise ValueError(f"{figure} has no entry for scale {scale!r} in the config (figures.{figure}.scales)")
     evals = {k: json.loads(Path(p).read_text()) for k, p in eval_paths.items()}
-    rows = figure2_rows(config, scale, evals)
+    rows = figure_rows(config, figure, scale, evals)
     write_csv(rows, out_csv)
-    plot(rows, out_png, scale)
+    plot(rows, out_png, E.figure_spec(config, figure)["title"], scale)
     return rows

@@ -14,6 +14,8 @@ import os
 import torch
 from torch import nn
 
+from .kernels import mcgsm_log_prob
+
 
 # Bound on |alpha| (log-precision) used in every computation. e^30 is a standard deviation of
 # 3e-7 in whitened units, far below any pixel's resolution, and keeps e^alpha * energy finite in
@@ -64,14 +66,12 @@ class MCGSM(nn.Module):
     def log_prob(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """``log p(outputs | inputs)`` in nats; inputs ``... x dim_in``, outputs ``...``.
 
-        On the CPU (float32/float64, where ride.slstm's C kernels compiled) the mixture part runs
-        fused (``ride.slstm.mcgsm_log_prob``: same values and gradients, tests/test_slstm_fast.py);
+        On the CPU (float32/float64, where the C kernels compiled) the mixture part runs fused
+        (``ride.kernels.mcgsm_log_prob``: same values and gradients, tests/test_slstm_fast.py);
         elsewhere, or with ``RIDE_MCGSM_IMPL=torch``, it is :meth:`reference_log_prob` (which
         also checks the input width: the fused path hands mismatched inputs to it).
         """
         if inputs.device.type == "cpu" and os.environ.get("RIDE_MCGSM_IMPL", "auto") != "torch":
-            from .slstm import mcgsm_log_prob
-
             return mcgsm_log_prob(self, inputs, outputs, fallback=self.reference_log_prob)
         return self.reference_log_prob(inputs, outputs)
 

@@ -108,7 +108,6 @@ class RIDE(nn.Module):
         """Average log-likelihood per scored pixel in bits (the paper's tables; higher is better)."""
         return self.log_prob(images).mean() / math.log(2.0)
 
-    @torch.no_grad()
     def sample(
         self,
         num: int,
@@ -116,48 +115,31 @@ class RIDE(nn.Module):
         width: int,
         init: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Ancestral sampling of ``num`` images of ``height x width`` pixels.
+        mask: torch.Tensor | None = None,
+        return_log_prob: bool = False,
+        progress: bool = False,
+        schedule: str = "wavefront",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Ancestral sampling of ``num`` images of ``height x width`` pixels (ride/sampling.py).
 
         Pixels outside the scored grid (top rows, side columns) are taken from ``init`` when
         given, else drawn i.i.d. from the marginal Gaussian of the whitening statistics. Pixels
-        of ``init`` inside the grid are overwritten in raster order.
+        of ``init`` inside the grid are overwritten (only those of ``mask`` when given);
+        ``return_log_prob`` adds every scored pixel's conditional log-density.
         """
-        nb = self.neighborhood
-        nb.check_image_shape(height, width)
-        ref = self.mcgsm.predictors
-        if init is None:
-            std = (1.0 / self.whitening.scale_y.square() + self.whitening.predictor.square().sum()).sqrt()
-            images = self.whitening.mean_y + std * torch.randn(
-                num, height, width, generator=generator, dtype=ref.dtype, device=ref.device
-            )
-        else:
-            check_images(init)
-            if init.shape != (num, height, width):
-                raise ValueError(f"init must have shape {(num, height, width)}, got {tuple(init.shape)}")
-            images = init.to(ref).clone()
-        gh, gw = nb.grid_shape(height, width)
-        r0, c0 = nb.target
-        mask = nb.mask().flatten().to(ref.device)
-        layers = list(self.slstm.layers)
-        zero = ref.new_zeros(num, self.slstm.hidden_size)
-        # States of the row above (per layer, per column) and of the cell to the left.
-        above = [[(zero, zero)] * gw for _ in layers]
-        for i in range(gh):
-            current = [[None] * gw for _ in layers]
-            for j in range(gw):
-                window = images[:, i : i + nb.rows, j : j + nb.cols].reshape(num, -1)[:, mask]
-                x = self.whitening.whiten_inputs(window)
-                h = x
-                for k, layer in enumerate(layers):
-                    h_left, c_left = current[k][j - 1] if j > 0 else (zero, zero)
-                    h_up, c_up = above[k][j]
-                    h, c = layer.step(h, h_left, c_left, h_up, c_up)
-                    current[k][j] = (h, c)
-                y = self.mcgsm.sample(h.unsqueeze(0), generator=generator).squeeze(0)
-                images[:, i + r0, j + c0] = self.whitening.unwhiten_targets(x, y)
-            above = current
-        return images
+        from .sampling import sample
+
+        return sample(self, num, height, width, init=init, generator=generator, mask=mask,
+                      return_log_prob=return_log_prob, progress=progress, schedule=schedule)
+
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> Any:
+        """Sample the ``mask`` pixels of ``image`` (``H x W``) from the posterior by MCMC.
+
+        Paper section 3.4; keyword arguments and the returned ``InpaintResult``: ride/inpaint.py.
+        """
+        from .inpaint import inpaint
+
+        return inpaint(self, image, mask, **kwargs)
 
 
 def mcgsm_baseline(nb_size: int = 5, num_components: int = 32, num_scales: int = 4, num_features: int = 32) -> RIDE:

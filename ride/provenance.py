@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import ConfigError
 
 
 def git_commit(path: str | Path | None = None) -> str:
@@ -27,27 +30,51 @@ def git_commit(path: str | Path | None = None) -> str:
         return "unknown"
 
 
+def cpu_info(field: str) -> str | None:
+    """The value of ``field`` (``model name``, ``flags``, ...) for the first CPU in
+    /proc/cpuinfo, or None where the file or the field is missing (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere what the platform module knows)."""
+    return cpu_info("model name") or platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu:{cpu} ({torch.get_num_threads()} threads)"
+    return f"cpu:{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` are checked.
+
+    Raises :class:`ride.errors.ConfigError` (one line) for any other name or a missing GPU.
+    """
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        raise ConfigError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r} requested but CUDA is not available; use --device cpu or auto")
+        if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1} or auto"
+            )
     return torch.device(device)
 
 

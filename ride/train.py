@@ -17,17 +17,20 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
+from .checkpoint import load_verified, save_verified
 from .data import atomic_write, load_images
+from .errors import ConfigError, CorruptFileError, TrainingError
 from .mcgsm import MCGSM
 from .model import RIDE
 from .provenance import provenance, resolve_device
+from .train_config import validate_config, validate_train_section
 
 PAPER_STAGES = [
     {"patch": p, "lr": lr}
@@ -35,12 +38,34 @@ PAPER_STAGES = [
 ]
 
 
-class TrainingError(RuntimeError):
-    """Training cannot continue (non-finite loss, bad configuration)."""
-
-
 class _Diverged(Exception):
-    """A non-finite loss; :meth:`Trainer.run` restores the last checkpoint with a lower rate."""
+    """A non-finite or diverged loss; :meth:`Trainer.run` restores the last checkpoint with a lower rate."""
+
+
+class CheckpointMismatch(TrainingError):
+    """``checkpoint.pt`` was written for another training config, model or data set."""
+
+
+def _difference(key: str, theirs: Any, mine: Any) -> str:
+    """Which field of a checkpoint's ``key`` differs from this run's, e.g. ``train config lr: 1 -> 2``."""
+    what = {"train_config": "train config", "requested_model_config": "model", "data_digest": "data"}[key]
+    if key == "data_digest":
+        return "data: the training images differ (sha256 of the pixels)"
+    if not isinstance(theirs, dict):
+        return f"{what}: {theirs!r} -> {mine!r}"
+    fields_ = sorted(set(theirs) | set(mine), key=str)
+    diffs = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in fields_ if theirs.get(k) != mine.get(k)]
+    return f"{what} " + ", ".join(diffs)
+
+
+def gaussian_nll(white_targets: torch.Tensor) -> float:
+    """Mean NLL (nats per pixel, whitened units) of the linear Gaussian model the whitening defines.
+
+    Conditional whitening makes each target standard normal given its neighbourhood under a
+    Gaussian model, so this is what a model with an uninformative MCGSM scores (the original
+    initialisation lands within ~0.1 nat of it); a trained model far above it has diverged.
+    """
+    return float(0.5 * (math.log(2 * math.pi) + white_targets.double().square().mean()))
 
 
 @dataclass
@@ -50,6 +75,12 @@ class TrainConfig:
     momentum: float = 0.9
     max_patches: int | None = None
     max_images: int | None = None
+    # Passes over the training patches per stage (a stage's own "epochs" overrides it), each with
+    # a fresh grid offset, flips and order: small data sets (a texture's 15 regions) need several.
+    epochs: int = 1
+    # Patience in epochs: after each epoch the held-out images are scored, the best state is kept
+    # and the stage stops after this many epochs without improvement (None: off).
+    early_stopping: int | None = None
     valid_fraction: float = 0.1
     flip: bool = True
     grow_layers: bool = False
@@ -60,28 +91,22 @@ class TrainConfig:
     lbfgs_check_every: int = 25
     lbfgs_patience: int = 2
     checkpoint_every: int = 100
+    # Restarts from the last checkpoint with a halved rate after a non-finite or diverged loss.
     nan_retries: int = 3
+    # A stage has diverged when its validation NLL (after the L-BFGS refinement) exceeds the
+    # whitened Gaussian's on the same held-out pixels by more than this (nats/px; None: off).
+    divergence_margin: float | None = 1.0
     # None = the paper's plain momentum SGD; a number rescales each batch's gradient to at most
-    # this global L2 norm before the step (documented deviation, see config.yaml).
+    # this global L2 norm before the step (documented deviation, see config/config.yaml).
     clip_grad_norm: float | None = None
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any] | None, source: str = "train config") -> "TrainConfig":
+        """Validated against ``ride.train_config.TRAIN_SCHEMA`` (:class:`ConfigError` naming the key)."""
         values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known options: {sorted(known)}")
-        config = cls(**values)
-        for stage in config.stages:
-            if set(stage) != {"patch", "lr"} or int(stage["patch"]) < 1 or float(stage["lr"]) <= 0:
-                raise ValueError(f"each stage needs a positive 'patch' and 'lr', got {stage}")
-        if not 0 < config.valid_fraction < 1:
-            raise ValueError(f"valid_fraction must lie in (0, 1), got {config.valid_fraction}")
-        if config.clip_grad_norm is not None and not config.clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be positive or null, got {config.clip_grad_norm}")
-        return config
+        validate_train_section(values, source)
+        return cls(**copy.deepcopy(values))
 
 
 def extract_patches(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,8 +121,9 @@ def extract_patches(images: torch.Tensor, size: int, generator: torch.Generator 
     return crop.reshape(-1, rows, size, cols, size).transpose(2, 3).reshape(-1, size, size)
 
 
-def stage_generator(seed: int, stage: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + stage)
+def stage_generator(seed: int, stage: int, epoch: int = 0) -> torch.Generator:
+    # Epoch 0 keeps the one-epoch protocol's draws; later epochs get keys far from the others.
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage + 100_000 * epoch)
 
 
 @torch.no_grad()
@@ -132,6 +158,21 @@ def _mean_nll(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor, chunk: 
     return total / inputs.shape[0]
 
 
+def mcgsm_lbfgs(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor,
+                check_every: int) -> tuple[torch.optim.LBFGS, Callable[[], torch.Tensor]]:
+    """The L-BFGS optimiser of the MCGSM refinement and its closure (the mean NLL on all pixels)."""
+    optimizer = torch.optim.LBFGS(
+        mcgsm.parameters(), lr=1, max_iter=check_every, history_size=10, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9, tolerance_change=1e-12,
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        return _mean_nll(mcgsm, inputs, outputs, grad=True)
+
+    return optimizer, closure
+
+
 def fit_mcgsm_lbfgs(
     mcgsm: MCGSM,
     inputs: torch.Tensor,
@@ -150,14 +191,7 @@ def fit_mcgsm_lbfgs(
     x, y = inputs.double(), outputs.double()
     vx = valid_inputs.double() if valid_inputs is not None else None
     vy = valid_outputs.double() if valid_outputs is not None else None
-    optimizer = torch.optim.LBFGS(
-        work.parameters(), lr=1, max_iter=check_every, history_size=10, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12,
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        return _mean_nll(work, x, y, grad=True)
+    optimizer, closure = mcgsm_lbfgs(work, x, y, check_every)
 
     def valid_loss() -> float:
         with torch.no_grad():
@@ -199,6 +233,7 @@ class Trainer:
         device: str = "auto",
         progress: bool = True,
         callback: Callable[[dict[str, Any]], None] | None = None,
+        data_name: str = "the training images",
     ) -> None:
         self.model_config = dict(model_config)
         self.config = train_config
@@ -209,7 +244,15 @@ class Trainer:
         images = images[: train_config.max_images] if train_config.max_images else images
         num_valid = max(1, int(round(len(images) * train_config.valid_fraction)))
         if len(images) - num_valid < 1:
-            raise TrainingError(f"need at least 2 images to hold some out for validation, got {len(images)}")
+            raise TrainingError(
+                f"{data_name}: need at least 2 images to hold some out for validation, got {len(images)}"
+            )
+        if bool((images == images[:, :1, :1]).all()):
+            # Caught here: the whitening would divide by a zero variance and stop "on NaN".
+            raise TrainingError(
+                f"{data_name}: every image is constant (zero variance), so there is no density to fit; "
+                f"check how the data were made (grey levels need dequantisation noise)"
+            )
         self.train_images = images[: len(images) - num_valid]
         self.valid_images = images[len(images) - num_valid :]
         self.requested_model_config = dict(self.model_config)
@@ -220,10 +263,26 @@ class Trainer:
             self.model_config["num_layers"] = 1
         torch.manual_seed(train_config.seed)
         self.model = RIDE(**self.model_config).to(self.device)
+        size = min(images.shape[1:])
+        for k, spec in enumerate(train_config.stages if self.target_layers else []):
+            patch = self._stage_patch(int(spec["patch"]))
+            if patch > size:
+                raise TrainingError(
+                    f"{data_name}: images of {images.shape[1]}x{images.shape[2]} pixels are smaller than stage "
+                    f"{k + 1}'s {patch}x{patch} patches (requested {spec['patch']}, at least nb_size + 3); use "
+                    f"larger images or smaller patches"
+                )
+        if (train_config.lbfgs_patch or 0) > size:
+            raise TrainingError(
+                f"{data_name}: images of {images.shape[1]}x{images.shape[2]} pixels are smaller than lbfgs_patch "
+                f"{train_config.lbfgs_patch}; use larger images or a smaller lbfgs_patch"
+            )
         self.state: dict[str, Any] = {"stage": 0, "batch": 0, "whitened": False, "finished": False, "lr_scale": {}}
         self.history: list[dict[str, Any]] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.elapsed = 0.0
+        self._stage_start: dict[str, Any] | None = None  # see _snapshot
+        self._stage_best: dict[str, torch.Tensor] | None = None  # see _end_epoch
 
     # checkpoints -----------------------------------------------------------------------------
     @property
@@ -241,25 +300,28 @@ class Trainer:
             "state": dict(self.state),
             "history": self.history,
             "elapsed": self.elapsed,
+            "stage_start": self._stage_start,
+            "stage_best": self._stage_best,
         }
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
+        save_verified(self.checkpoint_path, payload, "checkpoint")
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.exists():
             return False
-        payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        payload = load_verified(self.checkpoint_path, "checkpoint", self.device)
         for key, mine in [("train_config", asdict(self.config)), ("requested_model_config", self.requested_model_config),
                           ("data_digest", self.data_digest)]:
             if payload.get(key) != mine:
-                raise TrainingError(
-                    f"{self.checkpoint_path} was written with another {key.replace('_', ' ')}; delete it "
-                    f"to start afresh, or resume with the same configuration and data"
+                raise CheckpointMismatch(
+                    f"{self.checkpoint_path} was written for another run ({_difference(key, payload.get(key), mine)})"
                 )
         self.model = RIDE(**payload["model_config"]).to(self.device)
         self.model.load_state_dict(payload["model_state"])
         self.state = payload["state"]
         self.history = payload["history"]
         self.elapsed = payload["elapsed"]
+        self._stage_start = payload.get("stage_start")
+        self._stage_best = payload.get("stage_best")
         if payload["optimizer_state"] is not None:
             self.optimizer = self._make_optimizer(self._stage_lr(self.state["stage"]))
             self.optimizer.load_state_dict(payload["optimizer_state"])
@@ -278,34 +340,61 @@ class Trainer:
         return float(self.config.stages[stage]["lr"]) * self.state["lr_scale"].get(str(stage), 1.0)
 
     def _recover(self, err: _Diverged) -> None:
-        """Restore the last checkpoint and halve the failing stage's learning rate."""
-        stage, batch, value = err.args
+        """Halve the failing stage's learning rate and go back: to the last checkpoint after a
+        non-finite batch, to the stage's start after a diverged validation (``batch`` None)."""
+        stage, batch, event, detail = err.args
         retries = self.state.get("nan_retries", 0) + 1
         lr = self._stage_lr(stage)
+        where = f"batch {batch + 1}" if batch is not None else "its end"
         if retries > self.config.nan_retries:
+            # A checkpoint is only resumed by the config that wrote it, so the advice is --restart.
             raise TrainingError(
-                f"non-finite loss ({value}) at stage {stage + 1}, batch {batch + 1} (lr {lr:g}) after "
-                f"{self.config.nan_retries} restarts with halved learning rates; no model was written. "
-                f"Lower this stage's learning rate in the config and re-run with --resume to continue "
-                f"from {self.checkpoint_path}"
+                f"{detail} at stage {stage + 1}, {where} (lr {lr:g}) after {self.config.nan_retries} restarts "
+                f"with halved learning rates; no model was written. Lower stages[{stage}].lr (or set "
+                f"clip_grad_norm) in the config and re-run `ride train` with --restart to train afresh"
             )
         scales = dict(self.state["lr_scale"])
-        self.load_checkpoint()
+        if batch is None:
+            self._restore(self._stage_start)
+        else:
+            self.load_checkpoint()
         scales[str(stage)] = scales.get(str(stage), 1.0) * 0.5
         self.state["lr_scale"], self.state["nan_retries"] = scales, retries
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = self._stage_lr(self.state["stage"])
-        event = {"event": "non-finite loss", "stage": stage + 1, "batch": batch + 1, "lr": lr,
+        event = {"event": event, "detail": detail, "stage": stage + 1, "batch": None if batch is None else batch + 1,
+                 "lr": lr,
                  "restored": {"stage": self.state["stage"] + 1, "batch": self.state["batch"]},
                  "new_lr": self._stage_lr(stage)}
         self.history.append(event)
-        print(f"ride train: {event}; restored the last checkpoint", file=sys.stderr)
+        print(f"ride train: {event}; restored the {'stage start' if batch is None else 'last checkpoint'}",
+              file=sys.stderr)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a stage starts from; a stage whose validation diverged is redone from it."""
+        return {"model_config": self.model.config,
+                "model_state": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "state": copy.deepcopy(self.state), "history": copy.deepcopy(self.history)}
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model = RIDE(**snapshot["model_config"]).to(self.device)
+        self.model.load_state_dict(snapshot["model_state"])
+        self.state, self.history = copy.deepcopy(snapshot["state"]), copy.deepcopy(snapshot["history"])
+        self.optimizer, self._stage_best = None, None
 
     # protocol --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> RIDE:
         if resume:
-            self.load_checkpoint()
+            try:
+                if self.load_checkpoint():
+                    print(f"ride train: resuming from {self.checkpoint_path} (stage {self.state['stage'] + 1}, "
+                          f"batch {self.state['batch']})", file=sys.stderr)
+            except CorruptFileError as err:
+                # A damaged checkpoint cannot be resumed; dropping it lets the same command (and a
+                # Snakemake re-run) succeed instead of failing on it forever.
+                print(f"ride train: warning: {err}; discarding it and training afresh", file=sys.stderr)
+                self.checkpoint_path.unlink()
         t0 = time.perf_counter() - self.elapsed
         if self.state["finished"]:
             if not (self.out_dir / "model.pt").exists() or not (self.out_dir / "train.json").exists():
@@ -317,7 +406,7 @@ class Trainer:
             self.state["whitened"] = True
             self.save_checkpoint()  # a state to return to should the first stage diverge
         if self.model.slstm.num_layers == 0:
-            self._refine_mcgsm(stage=-1, patch=cfg.lbfgs_patch or 64)
+            self._refine_mcgsm(stage=-1, patch=cfg.lbfgs_patch or min(64, *self.train_images.shape[1:]))
         while self.model.slstm.num_layers and self.state["stage"] < len(cfg.stages):
             try:
                 self._run_stage(self.state["stage"])
@@ -335,19 +424,18 @@ class Trainer:
         spec = cfg.stages[stage]
         patch, lr = self._stage_patch(int(spec["patch"])), self._stage_lr(stage)
         if self.state["batch"] == 0:
+            self._stage_start = self._snapshot()
             if cfg.grow_layers and stage > 0 and self.model.slstm.num_layers < self.target_layers:
                 torch.manual_seed(cfg.seed * 1_000_003 + 20_000 + stage)  # same new layer after a resume
                 self.model.add_layer()
             self.optimizer = self._make_optimizer(lr)
-        gen = stage_generator(cfg.seed, stage)
-        patches = extract_patches(self.train_images, min(patch, *self.train_images.shape[1:]), gen)
-        if cfg.flip:
-            flip = torch.rand(patches.shape[0], generator=gen) < 0.5
-            patches = torch.where(flip[:, None, None], patches.flip(-1), patches)
-        patches = patches[torch.randperm(patches.shape[0], generator=gen)]
-        if cfg.max_patches:
-            patches = patches[: cfg.max_patches]
-        num_batches = max(1, patches.shape[0] // cfg.batch_size)
+        if self.state["batch"] == 0:
+            self.state.pop("early_stop", None)
+            self._stage_best = None
+        epochs = int(spec.get("epochs", cfg.epochs))
+        patches, drawn = self.epoch_patches(stage, patch, 0), 0
+        per_epoch = max(1, patches.shape[0] // cfg.batch_size)
+        num_batches = epochs * per_epoch
         gh, gw = self.model.neighborhood.grid_shape(patches.shape[1], patches.shape[2])
         bar = tqdm(
             total=num_batches, initial=self.state["batch"], desc=f"stage {stage + 1}/{len(cfg.stages)} patch {patch}",
@@ -358,18 +446,24 @@ class Trainer:
         self.model.train()
         while self.state["batch"] < num_batches:
             b = self.state["batch"]
-            batch = patches[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(self.device)
+            epoch, k = divmod(b, per_epoch)
+            if epoch != drawn:  # a new epoch (or a resume inside one): its own offsets, flips and order
+                patches, drawn = self.epoch_patches(stage, patch, epoch), epoch
+            batch = patches[k * cfg.batch_size : (k + 1) * cfg.batch_size].to(self.device)
             self.optimizer.zero_grad()
             loss = self.model.loss(batch)
             if not torch.isfinite(loss):
                 bar.close()
-                raise _Diverged(stage, b, loss.item())
+                raise _Diverged(stage, b, "non-finite loss", f"non-finite loss ({loss.item()})")
             loss.backward()
             if cfg.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
             self.optimizer.step()
             losses.append(loss.item())
             self.state["batch"] = b + 1
+            if cfg.early_stopping and self.state["batch"] % per_epoch == 0 and self._end_epoch(stage, patch, epoch):
+                bar.update(num_batches - self.state["batch"])
+                self.state["batch"] = num_batches  # patience ran out: the stage ends here
             now = time.perf_counter()
             bar.set_postfix(loss=f"{losses[-1]:.4f}", px_s=f"{batch.shape[0] * gh * gw / max(now - tick, 1e-9):.3g}")
             tick = now
@@ -379,14 +473,57 @@ class Trainer:
             if self.callback is not None:
                 self.callback(dict(self.state))
         bar.close()
+        epochs_info: dict[str, Any] = {}
+        if epochs > 1 or cfg.early_stopping:
+            epochs_info = {"epochs": epochs, "batches_per_epoch": per_epoch}
+        early = self.state.pop("early_stop", None)
+        if early is not None and self._stage_best is not None:
+            self.model.load_state_dict(self._stage_best)  # the best held-out state of the stage
+            epochs_info.update(valid_nll_epochs=early["valid_nll"], best_epoch=early["best_epoch"],
+                               epochs_run=len(early["valid_nll"]))
+        self._stage_best = None
         refine = self._refine_mcgsm(stage, patch)
         self.history.append({"stage": stage + 1, "patch": patch, "requested_patch": int(spec["patch"]), "lr": lr,
-                             "batches": num_batches,
+                             "batches": num_batches, **epochs_info,
                              "train_nll_first": losses[0] if losses else None,
                              "train_nll_last": losses[-1] if losses else None, **refine})
         self.state["stage"], self.state["batch"] = stage + 1, 0
         self.optimizer = None
         self.save_checkpoint()
+
+    def epoch_patches(self, stage: int, patch: int, epoch: int) -> torch.Tensor:
+        """The training patches of one epoch of a stage: grid offset, flips and order drawn per epoch."""
+        cfg = self.config
+        gen = stage_generator(cfg.seed, stage, epoch)
+        patches = extract_patches(self.train_images, patch, gen)  # fits: checked in __init__
+        if cfg.flip:
+            flip = torch.rand(patches.shape[0], generator=gen) < 0.5
+            patches = torch.where(flip[:, None, None], patches.flip(-1), patches)
+        patches = patches[torch.randperm(patches.shape[0], generator=gen)]
+        return patches[: cfg.max_patches] if cfg.max_patches else patches
+
+    @torch.no_grad()
+    def valid_nll(self, stage: int, patch: int, batch: int = 256) -> float:
+        """Mean NLL (nats per scored pixel) of the held-out images in the stage's patches (fixed grid)."""
+        size = min(patch, *self.valid_images.shape[1:])
+        patches = extract_patches(self.valid_images, size, stage_generator(self.config.seed, 30_000 + stage))
+        total, count = 0.0, 0
+        for start in range(0, patches.shape[0], batch):
+            log_p = self.model.log_prob(patches[start : start + batch].to(self.device))
+            total, count = total - float(log_p.double().sum()), count + log_p.numel()
+        return total / count
+
+    def _end_epoch(self, stage: int, patch: int, epoch: int) -> bool:
+        """Score the held-out images, keep the best state; True when ``early_stopping`` epochs brought no gain."""
+        early = self.state.setdefault("early_stop", {"valid_nll": [], "best": None, "best_epoch": None, "bad": 0})
+        nll = self.valid_nll(stage, patch)
+        early["valid_nll"].append(nll)
+        if math.isfinite(nll) and (early["best"] is None or nll < early["best"]):
+            early.update(best=nll, best_epoch=epoch + 1, bad=0)
+            self._stage_best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            early["bad"] += 1
+        return early["bad"] >= self.config.early_stopping
 
     def _refine_mcgsm(self, stage: int, patch: int) -> dict[str, Any]:
         cfg = self.config
@@ -396,8 +533,19 @@ class Trainer:
         vsize = min(patch, *self.valid_images.shape[1:])
         valid = mcgsm_data(self.model, extract_patches(self.valid_images, vsize, gen), max(cfg.lbfgs_samples // 5, 1), gen)
         info = fit_mcgsm_lbfgs(self.model.mcgsm, *train, *valid, cfg.lbfgs_iterations, cfg.lbfgs_check_every, cfg.lbfgs_patience)
-        if not math.isfinite(info.get("valid_nll", 0.0)):
+        if "valid_nll" not in info:  # no L-BFGS iterations: still judge the model on held-out pixels
+            with torch.no_grad():
+                info["valid_nll"] = float(_mean_nll(self.model.mcgsm, *valid))
+        if not math.isfinite(info["valid_nll"]):
             raise TrainingError(f"L-BFGS refinement diverged at stage {stage + 1}; no model was written")
+        info["valid_nll_gaussian"] = gaussian_nll(valid[1])
+        excess = info["valid_nll"] - info["valid_nll_gaussian"]
+        if cfg.divergence_margin is not None and excess > cfg.divergence_margin:
+            detail = (f"diverged: validation NLL {info['valid_nll']:.3f} nats/px (whitened), {excess:.3f} above the "
+                      f"whitened Gaussian's {info['valid_nll_gaussian']:.3f} (divergence_margin {cfg.divergence_margin:g})")
+            if stage < 0:  # an MCGSM baseline has no SGD stage to retry
+                raise TrainingError(f"{detail}; no model was written. Check the data and the lbfgs_* options")
+            raise _Diverged(stage, None, "diverged", detail)
         if stage < 0:
             self.history.append({"stage": 0, "lbfgs": True, **info})
         return info
@@ -413,13 +561,13 @@ class Trainer:
             "provenance": provenance(self.device, self.config.seed, self.elapsed),
         }
         payload = {"config": self.model.config, "state_dict": self.model.state_dict(), "summary": summary}
-        atomic_write(self.out_dir / "model.pt", lambda tmp: torch.save(payload, tmp))
+        save_verified(self.out_dir / "model.pt", payload, "model")
         atomic_write(self.out_dir / "train.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> RIDE:
-    """Rebuild a model written by :class:`Trainer` (``model.pt``)."""
-    payload = torch.load(path, map_location=device, weights_only=False)
+    """Rebuild a model written by :class:`Trainer` (``model.pt``, its sha256 verified)."""
+    payload = load_verified(path, "model", device)
     model = RIDE(**payload["config"])
     model.load_state_dict(payload["state_dict"])
     model.train_summary = payload.get("summary", {})  # history and provenance of its training
@@ -428,15 +576,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> RIDE:
 
 def train(
     config: dict[str, Any], data: str | Path, out_dir: str | Path, resume: bool = False, device: str = "auto",
-    seed: int | None = None, progress: bool = True,
+    seed: int | None = None, progress: bool = True, restart: bool = False, source: str = "config",
 ) -> RIDE:
-    """Train the model described by ``{"model": {...}, "train": {...}}`` on an HDF5 dataset."""
-    unknown = sorted(set(config) - {"model", "train"})
-    if unknown:
-        raise ValueError(f"unknown top-level config key(s) {unknown}; expected 'model' and 'train'")
-    train_cfg = TrainConfig.from_dict(config.get("train"))
+    """Train the model described by ``{"model": {...}, "train": {...}}`` on an HDF5 dataset.
+
+    Everything that can be checked is checked before any file is written: the config against
+    its schema (``source`` names it in errors), the device, the data, and an unfinished run in
+    ``out_dir``, which is continued with ``resume`` and discarded only with ``restart``.
+    """
+    validate_config(config, source)
+    train_cfg = TrainConfig.from_dict(config["train"], source)
     if seed is not None:
         train_cfg.seed = seed
+    if resume and restart:
+        raise ConfigError("--resume and --restart exclude each other: continue the run, or discard it")
+    checkpoint = Path(out_dir) / "checkpoint.pt"
+    if checkpoint.exists() and not (resume or restart):
+        raise ConfigError(
+            f"{checkpoint} holds an unfinished run: continue it with --resume, or discard it and train "
+            f"afresh with --restart"
+        )
+    resolve_device(device)
     images = torch.from_numpy(load_images(data))
-    trainer = Trainer(config.get("model", {}), train_cfg, images, out_dir, device, progress)
-    return trainer.run(resume=resume)
+    trainer = Trainer(config["model"], train_cfg, images, out_dir, device, progress, data_name=str(data))
+    if restart:
+        checkpoint.unlink(missing_ok=True)
+    try:
+        model = trainer.run(resume=resume)
+    except CheckpointMismatch as err:
+        # A re-run after the config, model or data changed (Snakemake re-runs the job): the old
+        # checkpoint cannot be continued, so the run starts afresh; nothing was loaded from it.
+        print(f"ride train: {err}; discarding it and training afresh", file=sys.stderr)
+        checkpoint.unlink()
+        model = trainer.run()
+    # Done: a deliberate re-run (--forcerun, changed code) must train afresh, not reload this.
+    checkpoint.unlink(missing_ok=True)
+    return model

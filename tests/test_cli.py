@@ -98,3 +98,25 @@ def test_bench_takes_leading_options(tmp_path):
     records = json.loads(out.read_text())
     assert records and {"layers", "hidden", "patch", "batch", "device", "px_per_s", "per_pixel_px_per_s",
                         "roofline_px_per_s", "peak_mem_mb"} <= set(records[0])
+
+
+def test_resume_discards_a_checkpoint_of_another_config(trained, tmp_path):
+    # `ride train --resume` after the config changed: the old checkpoint cannot be continued, so
+    # the command says which field differs, discards it and trains afresh; after success no
+    # checkpoint is left, so a deliberate re-run starts afresh too.
+    import torch
+
+    from ride.data import load_images
+    from ride.train import TrainConfig, Trainer
+
+    config = yaml.safe_load((trained / "cfg.yaml").read_text())
+    run = tmp_path / "run"
+    images = torch.from_numpy(load_images(trained / "train.h5"))
+    Trainer(config["model"], TrainConfig.from_dict(config["train"]), images, run, "cpu", progress=False).save_checkpoint()
+    config["train"]["lbfgs_iterations"] = 6
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    proc = ride("train", "--config", tmp_path / "cfg.yaml", "--data", trained / "train.h5", "--out-dir", run, "--resume",
+                "--device", "cpu", "--no-progress")
+    assert "lbfgs_iterations: 5 -> 6" in proc.stderr and "training afresh" in proc.stderr, proc.stderr
+    assert (run / "model.pt").exists() and not (run / "checkpoint.pt").exists()
+    assert json.loads((run / "train.json").read_text())["train_config"]["lbfgs_iterations"] == 6

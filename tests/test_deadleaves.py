@@ -145,3 +145,30 @@ def test_fast_enough():
     per_image = (time.perf_counter() - start) / 10
     # 1000 images in a few minutes on one core: about 0.05 s per image here
     assert per_image < 0.5, f"{per_image:.3f} s per 256 x 256 image"
+
+
+def test_pixel_std_about_0_28_so_zscoring_moves_rates_by_about_minus_1_8_bit():
+    """The fact behind Z-scored rates: with the defaults the pixel std is about 0.28 (log2: -1.8)."""
+    images = dl.generate(20, 256, seed=0)
+    attrs = dl.zscore_attrs(images)
+    assert attrs["zscore_mean"] == pytest.approx(float(images.astype(np.float64).mean()), rel=1e-12)
+    assert attrs["zscore_std"] == pytest.approx(float(images.astype(np.float64).std()), rel=1e-12)
+    assert 0.26 < attrs["zscore_std"] < 0.30 and -1.95 < np.log2(attrs["zscore_std"]) < -1.74
+    with pytest.raises(ValueError, match="two training pixels"):
+        dl.zscore_attrs(np.zeros((1, 1, 1)))
+
+
+def test_ride_deadleaves_records_the_training_sets_statistics_in_both_files(tmp_path):
+    from ride import cli
+    from ride.data import load_attrs, load_images
+
+    train, test = tmp_path / "train.h5", tmp_path / "test.h5"
+    assert cli.main(["deadleaves", "--out-train", str(train), "--out-test", str(test), "--num-images", "6",
+                     "--num-test", "2", "--size", "24", "--seed", "3"]) == 0
+    expected = dl.zscore_attrs(load_images(train))
+    for path in (train, test):
+        attrs = load_attrs(path)
+        assert attrs["zscore_mean"] == pytest.approx(expected["zscore_mean"], rel=1e-6)
+        assert attrs["zscore_std"] == pytest.approx(expected["zscore_std"], rel=1e-6)
+    # The test set's own statistics differ: the training set's are the ones recorded.
+    assert dl.zscore_attrs(load_images(test))["zscore_std"] != pytest.approx(expected["zscore_std"], rel=1e-6)

@@ -12,13 +12,7 @@ from scipy import stats
 from ride.model import RIDE, mcgsm_baseline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP/intra-op oversubscription on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # (num_layers, extended) of the architectures whose causality is checked.
@@ -350,22 +344,25 @@ def test_sample_rejects_bad_arguments():
 def test_sampler_states_match_features(num_layers, extended, monkeypatch):
     """The sampler's incremental states equal the batched states of the finished image.
 
-    White-box: records what the sampler feeds to ``MCGSM.sample``, one call per scored pixel in
-    raster order (test_samples_follow_the_model checks the same property statistically).
+    White-box: records what the raster schedule of ``ride.sampling`` feeds to the MCGSM draw, one
+    call per scored pixel in raster order (test_samples_follow_the_model checks the same property
+    statistically).
     """
+    import ride.sampling as sampling
+
     model = _model(num_layers, extended, seed=83)
     calls = []
-    original = model.mcgsm.sample
+    original = sampling._draw_mcgsm
 
-    def recording(inputs, generator=None):
-        out = original(inputs, generator=generator)
-        calls.append((inputs.reshape(-1, inputs.shape[-1]).clone(), out.reshape(-1).clone()))
+    def recording(mcgsm, hidden, uniform, normal):
+        out = original(mcgsm, hidden, uniform, normal)
+        calls.append((hidden.reshape(-1, hidden.shape[-1]).clone(), out.reshape(-1).clone()))
         return out
 
-    monkeypatch.setattr(model.mcgsm, "sample", recording)
+    monkeypatch.setattr(sampling, "_draw_mcgsm", recording)
     height, width = 6, 8
     out = model.sample(2, height, width, init=_init_images(2, height, width, seed=16),
-                       generator=torch.Generator().manual_seed(4))
+                       generator=torch.Generator().manual_seed(4), schedule="raster")
     gh, gw = model.neighborhood.grid_shape(height, width)
     assert len(calls) == gh * gw
     with torch.no_grad():

@@ -8,13 +8,7 @@ from torch.func import functional_call
 from ride.slstm import IMPLEMENTATIONS, SLSTMStack, SpatialLSTM, resolve_impl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids OpenMP/intra-op oversubscription on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SHAPES = [(1, 1), (1, 6), (5, 1), (3, 7), (6, 4), (5, 5)]

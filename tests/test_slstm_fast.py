@@ -1,4 +1,4 @@
-"""Tests of the fast SLSTM paths (ride/slstm.py: "fused", "fused_torch", "auto") and of ride.bench.
+"""Tests of the fast SLSTM paths (ride/slstm.py: "fused", "fused_torch", "auto"; ride/kernels/) and of ride.bench.
 
 The fused paths must pass the same equality and gradient tests as the reference schedule: on
 the CPU always, on CUDA where a GPU is present. No test asserts on speed.
@@ -6,10 +6,14 @@ the CPU always, on CUDA where a GPU is present. No test asserts on speed.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
+import ride.kernels as kernels
+import ride.kernels.fused_mcgsm as fused_mcgsm
+import ride.kernels.fused_slstm as fused_slstm
 import ride.slstm as slstm
 from ride.model import RIDE
 from ride.slstm import SLSTMStack, SpatialLSTM, resolve_impl
@@ -115,11 +119,11 @@ def test_gradcheck_stack(impl):
 @pytest.mark.parametrize("extended", [False, True])
 def test_chunked_backward(monkeypatch, impl, extended):
     """The backward flushes dL/dz in chunks of diagonals; tiny chunks give the same gradients."""
-    monkeypatch.setattr(slstm, "_CHUNK_ROWS", 5)
+    monkeypatch.setattr(fused_slstm, "_CHUNK_ROWS", 5)
     stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=12)
     x = torch.randn(2, 5, 6, 3, dtype=torch.float64)
     weights = torch.randn(2, 5, 6, 4, dtype=torch.float64)
-    assert len(slstm._chunks(slstm._plan(5, 6, torch.device("cpu")), 2)) > 3
+    assert len(fused_slstm._chunks(slstm._plan(5, 6, torch.device("cpu")), 2)) > 3
     _, grads = _grads(stack, x, weights, impl)
     _, ref = _grads(stack, x, weights, "reference")
     for a, b in zip(grads, ref):
@@ -131,13 +135,13 @@ def test_chunked_backward(monkeypatch, impl, extended):
 def test_image_groups(monkeypatch, groups, extended):
     """The opt-in image groups (concurrent sweeps over parts of the batch, zero-padded to equal
     parts) give the same outputs and gradients, with and without autograd."""
-    if slstm.c_kernels() is None:
+    if kernels.c_kernels() is None:
         pytest.skip("image groups need the C kernels")
-    monkeypatch.setattr(slstm, "GROUPS", groups)
+    monkeypatch.setattr(fused_slstm, "GROUPS", groups)
     stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=16)
     x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
     weights = torch.randn(5, 4, 3, 4, dtype=torch.float64)
-    assert slstm.num_groups(5, x.device, True) == groups
+    assert fused_slstm.num_groups(5, x.device, True) == groups
     out, grads = _grads(stack, x, weights, "fused")
     ref_out, ref = _grads(stack, x, weights, "reference")
     assert torch.allclose(out, ref_out, atol=1e-12)
@@ -217,9 +221,9 @@ def test_default_is_auto_and_model_uses_it():
 
 
 def test_c_kernels_accuracy():
-    lib = slstm.c_kernels()
+    lib = kernels.c_kernels()
     if lib is None:
-        pytest.skip(f"C kernels unavailable: {slstm.c_kernels_error()}")
+        pytest.skip(f"C kernels unavailable: {kernels.c_kernels_error()}")
     x = torch.linspace(-40, 40, 200_001)
     tanh, sig = torch.empty_like(x), torch.empty_like(x)
     lib.probe_f32(x.numel(), x.data_ptr(), tanh.data_ptr(), sig.data_ptr())
@@ -234,10 +238,8 @@ def test_c_kernels_accuracy():
     assert torch.tensor(1e-40) * 1 != 0
 
 
-def test_fused_without_c_kernels(monkeypatch):
-    """Without a C compiler "fused" falls back to torch pointwise ops, with the same results."""
-    monkeypatch.setattr(slstm, "_use_c", lambda x, force_torch: False)
-    stack = _randomise(SLSTMStack(3, 4, 2).double(), seed=15)
+def _assert_fused_equals_reference(stack: SLSTMStack) -> None:
+    """impl="fused" gives the per-pixel reference's outputs and gradients (float64 stack)."""
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     w = torch.randn(2, 4, 3, 4, dtype=torch.float64)
     out, grads = _grads(stack, x, w, "fused")
@@ -245,6 +247,88 @@ def test_fused_without_c_kernels(monkeypatch):
     assert torch.allclose(out, ref_out, atol=1e-12)
     for a, b in zip(grads, ref):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_fused_without_c_kernels(monkeypatch):
+    """Without a C compiler "fused" falls back to torch pointwise ops, with the same results."""
+    monkeypatch.setattr(slstm, "use_c_kernels", lambda x, force_torch: False)
+    stack = _randomise(SLSTMStack(3, 4, 2).double(), seed=15)
+    _assert_fused_equals_reference(stack)
+
+
+def test_failed_build_falls_back_to_torch(monkeypatch, tmp_path):
+    """A machine without a compiler: the build fails once with a warning naming the cause, and
+    the SLSTM and the MCGSM run on torch ops with the reference's results."""
+    from ride.kernels import build
+    from ride.mcgsm import MCGSM
+
+    monkeypatch.setattr(build, "_lib", None)
+    monkeypatch.setattr(build, "_error", None)
+    monkeypatch.delenv("RIDE_SLSTM_NO_C", raising=False)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("RIDE_CACHE_DIR", str(tmp_path / "cache"))  # empty: the build is attempted
+    with pytest.warns(UserWarning, match="C kernels unavailable.*no-such-cc"):
+        assert kernels.c_kernels() is None
+    assert "no-such-cc" in kernels.c_kernels_error()
+    assert not list((tmp_path / "cache").glob("*.so"))
+    stack = _randomise(SLSTMStack(3, 4, 2, extended=True).double(), seed=20)
+    _assert_fused_equals_reference(stack)
+    mcgsm = MCGSM(5, 3, 2, 4).double()
+    h, y = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    assert torch.equal(mcgsm.log_prob(h, y), mcgsm.reference_log_prob(h, y))
+
+
+def test_kernel_cache_rebuilds_on_change_and_clears_stale_locks(tmp_path):
+    """The cached library is reused only for the same sources and flags; a lock file left by a
+    killed build does not make later builds wait forever (a subprocess: its own cache and state)."""
+    import subprocess
+    import sys
+
+    if kernels.c_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {kernels.c_kernels_error()}")
+    probe = """
+import os, time
+from ride.kernels import build
+first = build.build_library()
+again = build.build_library()
+lock = first.parent / "lock"
+lock.write_text("")
+os.utime(lock, (time.time() - 2 * build.STALE_LOCK_S,) * 2)
+build.COMPILE_FLAGS.append("-DRIDE_REBUILD_PROBE")
+second = build.build_library()
+print(first, again, second, lock.exists(), (first.parent / "built-from.sha256").read_text().split()[1])
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "RIDE_CACHE_DIR": str(tmp_path)}).stdout.split()
+    first, again, second, lock_left, stamped = out
+    assert first == again and second != first and lock_left == "False" and stamped == second
+    assert first.startswith(str(tmp_path)) and os.path.exists(second)
+
+
+def test_installed_package_builds_the_kernels(tmp_path):
+    """A non-editable install (a wheel) ships the C sources, and the kernels build from it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("setuptools")
+    if kernels.c_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {kernels.c_kernels_error()}")
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a copy, so that the in-tree build leaves the checkout alone
+    shutil.copytree(root / "ride", src / "ride", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("ride-*.whl")
+    shutil.unpack_archive(wheel, tmp_path / "site", "zip")
+    probe = "from ride.kernels import build; print(build.build_library()); print(build.c_kernels() is not None)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site"),
+                                            "RIDE_CACHE_DIR": str(tmp_path / "cache")}).stdout.split()
+    assert out[0].startswith(str(tmp_path / "cache")) and out[1] == "True"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -260,7 +344,7 @@ def test_fused_mcgsm_equals_mcgsm(dtype):
     y = torch.randn(3, 4, 5, dtype=dtype)
     weights = torch.randn(3, 4, 5, dtype=dtype)
     results = {}
-    for name, fn in (("fused", slstm.mcgsm_log_prob), ("plain", lambda m, a, b: m.reference_log_prob(a, b))):
+    for name, fn in (("fused", kernels.mcgsm_log_prob), ("plain", lambda m, a, b: m.reference_log_prob(a, b))):
         mcgsm.zero_grad()
         hi, yi = h.clone().requires_grad_(True), y.clone().requires_grad_(True)
         out = fn(mcgsm, hi, yi)
@@ -276,7 +360,7 @@ def test_fused_mcgsm_gradcheck():
 
     from ride.mcgsm import MCGSM
 
-    if slstm.c_kernels() is None:
+    if kernels.c_kernels() is None:
         pytest.skip("the fused MCGSM needs the C kernels")
     torch.manual_seed(18)
     mcgsm = MCGSM(3, 2, 3, 2).double()
@@ -293,7 +377,7 @@ def test_fused_mcgsm_gradcheck():
         # log-precisions through MCGSM.log_precisions (the clamp), so the stand-in provides it too.
         ns = SimpleNamespace(dim_in=3, **dict(zip(names, vals)))
         ns.log_precisions = lambda: MCGSM.log_precisions(ns)
-        return slstm.mcgsm_log_prob(ns, h, y)
+        return kernels.mcgsm_log_prob(ns, h, y)
 
     assert torch.autograd.gradcheck(fn, (h, y, *values))
 
@@ -348,11 +432,11 @@ def test_mcgsm_log_prob_routes_through_the_fused_kernel_on_cpu(monkeypatch):
     # reference ops. Both give the same values (the equality tests above check gradients too).
     from ride.mcgsm import MCGSM
 
-    if slstm.c_kernels() is None:
+    if kernels.c_kernels() is None:
         pytest.skip("the fused MCGSM needs the C kernels")
     calls = []
-    original = slstm._FusedMCGSM.apply
-    monkeypatch.setattr(slstm._FusedMCGSM, "apply", lambda *a: calls.append(1) or original(*a))
+    original = fused_mcgsm.FusedMCGSM.apply
+    monkeypatch.setattr(fused_mcgsm.FusedMCGSM, "apply", lambda *a: calls.append(1) or original(*a))
     torch.manual_seed(19)
     mcgsm = MCGSM(5, 3, 2, 4)
     h, y = torch.randn(7, 5), torch.randn(7)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -119,8 +118,8 @@ def test_config_errors_name_the_key():
         TrainConfig.from_dict({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="patch"):
         TrainConfig.from_dict({"stages": [{"size": 8, "lr": 1.0}]})
-    with pytest.raises(ValueError, match="unknown top-level"):
-        train({"modle": {}}, "unused.h5", "unused")
+    with pytest.raises(ValueError, match="cfg.yaml: the top level: .*'modle' was unexpected"):
+        train({"modle": {}}, "unused.h5", "unused", source="cfg.yaml")
 
 
 def test_extract_patches_are_non_overlapping_tiles():
@@ -142,10 +141,10 @@ def test_resume_refuses_other_data_and_rewrites_missing_outputs(tmp_path):
     Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False).run(resume=True)
     assert (tmp_path / "model.pt").exists()
     other = Trainer(RIDE_CFG["model"], cfg, images + 1, tmp_path, "cpu", progress=False)
-    with pytest.raises(TrainingError, match="data digest"):
+    with pytest.raises(TrainingError, match="data: the training images differ"):
         other.run(resume=True)
     wider = Trainer({**RIDE_CFG["model"], "num_hidden": 9}, cfg, images, tmp_path, "cpu", progress=False)
-    with pytest.raises(TrainingError, match="requested model config"):
+    with pytest.raises(TrainingError, match="model num_hidden: 8 -> 9"):
         wider.run(resume=True)
 
 
@@ -207,3 +206,103 @@ def test_stage_patches_grow_to_fit_wide_neighbourhoods(tmp_path):
     Trainer(model_cfg, cfg, images, tmp_path, "cpu", progress=False).run()
     history = json.loads((tmp_path / "train.json").read_text())["history"]
     assert [(h["requested_patch"], h["patch"]) for h in history] == [(8, 12), (16, 16)]
+
+
+def test_train_schema_matches_train_config_and_the_workflow_schema():
+    # The schema of `ride train --config` (ride/train_config.py) names exactly TrainConfig's
+    # fields, and every config the workflow's schema describes uses only keys it knows, with
+    # the same model constraints: the workflow cannot write a config that `ride train` rejects
+    # for an unknown key.
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from ride.train_config import MODEL_SCHEMA, TRAIN_SCHEMA
+
+    assert set(TRAIN_SCHEMA["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    workflow = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    assert set(workflow["$defs"]["train"]["properties"]) <= set(TRAIN_SCHEMA["properties"])
+    assert workflow["$defs"]["model"]["properties"] == MODEL_SCHEMA["properties"]
+
+
+# Training on small data (issue 12): several epochs per stage, early stopping on held-out images.
+EPOCH_CFG = {**RIDE_CFG["train"], "stages": [{"patch": 10, "lr": 0.1}], "batch_size": 8, "lbfgs_iterations": 0,
+             "divergence_margin": None, "valid_fraction": 0.25}
+
+
+def test_epochs_redraw_offsets_flips_and_order(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(8, 34, seed=5))  # 34 = 3 * 10 + 4: five grid offsets
+    trainer = Trainer(RIDE_CFG["model"], TrainConfig.from_dict({**EPOCH_CFG, "epochs": 3}), images, tmp_path, "cpu",
+                      progress=False)
+    epochs = [trainer.epoch_patches(0, 10, e) for e in range(3)]
+    assert all(p.shape == epochs[0].shape for p in epochs)
+    # Epoch 0 is the one-epoch protocol's draw; each later epoch differs from it, as a set of
+    # patches (offset / flips), not only in its order.
+    legacy = Trainer(RIDE_CFG["model"], TrainConfig.from_dict(EPOCH_CFG), images, tmp_path, "cpu", progress=False)
+    torch.testing.assert_close(epochs[0], legacy.epoch_patches(0, 10, 0), rtol=0, atol=0)
+    sums = [np.sort(p.sum((1, 2)).numpy()) for p in epochs]
+    assert not np.allclose(sums[0], sums[1]) and not np.allclose(sums[1], sums[2])
+    trainer.run()
+    history = json.loads((tmp_path / "train.json").read_text())["history"]
+    per_epoch = epochs[0].shape[0] // 8
+    assert history[0]["batches"] == 3 * per_epoch and history[0]["epochs"] == 3
+    # A stage's own `epochs` overrides the global one.
+    stage = TrainConfig.from_dict({**EPOCH_CFG, "epochs": 3, "stages": [{"patch": 10, "lr": 0.1, "epochs": 2}]})
+    Trainer(RIDE_CFG["model"], stage, images, tmp_path / "s", "cpu", progress=False).run()
+    assert json.loads((tmp_path / "s" / "train.json").read_text())["history"][0]["batches"] == 2 * per_epoch
+
+
+def test_early_stopping_keeps_the_best_validation_state(tmp_path, monkeypatch):
+    images = torch.from_numpy(gaussian_ar_field(8, 34, seed=5))
+    cfg = TrainConfig.from_dict({**EPOCH_CFG, "epochs": 10, "early_stopping": 2})
+    trainer = Trainer(RIDE_CFG["model"], cfg, images, tmp_path, "cpu", progress=False)
+    # Scripted held-out scores: best after epoch 2, then two epochs without gain -> stop after 4.
+    scores, states = iter([3.0, 1.0, 2.0, 4.0, 0.5, 0.1]), []
+
+    def scripted(stage, patch):
+        states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(trainer, "valid_nll", scripted)
+    model = trainer.run()
+    assert len(states) == 4
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, states[1][key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(states[1][k], states[3][k]) for k in states[1])  # training did move on
+    record = json.loads((tmp_path / "train.json").read_text())["history"][0]
+    assert (record["best_epoch"], record["epochs_run"], record["valid_nll_epochs"]) == (2, 4, [3.0, 1.0, 2.0, 4.0])
+
+
+def test_early_stopping_on_real_scores_and_determinism(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(8, 34, seed=5))
+    cfg = {**EPOCH_CFG, "stages": [{"patch": 10, "lr": 0.5}], "epochs": 4, "early_stopping": 1}
+    runs = [Trainer(RIDE_CFG["model"], TrainConfig.from_dict({**cfg, "seed": s}), images, tmp_path / f"r{i}", "cpu",
+                    progress=False) for i, s in enumerate([3, 3, 4])]
+    models = [t.run() for t in runs]
+    record = json.loads((tmp_path / "r0" / "train.json").read_text())["history"][0]
+    # The kept state scores the best of the recorded epochs on the held-out images (no L-BFGS here).
+    assert runs[0].valid_nll(0, 10) == pytest.approx(min(record["valid_nll_epochs"]), abs=1e-9)
+    same = [torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values())]
+    assert all(same)
+    other = [torch.equal(a, b) for a, b in zip(models[0].state_dict().values(), models[2].state_dict().values())]
+    assert not all(other)
+
+
+def test_resume_inside_a_later_epoch_matches_uninterrupted(tmp_path):
+    images = torch.from_numpy(gaussian_ar_field(8, 34, seed=5))
+    cfg = TrainConfig.from_dict({**EPOCH_CFG, "epochs": 3, "early_stopping": 2, "checkpoint_every": 3})
+    full = Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "full", "cpu", progress=False).run()
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(state):
+        if state["batch"] == 7:  # inside the second epoch (6 training images x 9 patches / 8 = 6 batches)
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "part", "cpu", progress=False, callback=stop).run()
+    resumed = Trainer(RIDE_CFG["model"], cfg, images, tmp_path / "part", "cpu", progress=False).run(resume=True)
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)

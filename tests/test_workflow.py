@@ -1,12 +1,11 @@
-"""The Snakemake workflow of Table 3: schema, dry-run, lint, the smoke scale end to end, resume
-of an interrupted training job and detection of a corrupt data set.
+"""The Snakemake workflow: schema, dry-run, lint, the smoke scale end to end, the check targets,
+resume of an interrupted training job and detection of a corrupt data set.
 
 The end-to-end tests run the real `ride` command in a temporary copy of the workflow; they are
 skipped (with that reason) only while the command is not installed.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ride import experiments as E
 from ride import tables as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +38,19 @@ def snakemake(args, cwd, timeout=900, **kw):
     )
 
 
+CONFIG = ROOT / "config" / "config.yaml"
+
+
 def load_config():
-    return yaml.safe_load((ROOT / "config.yaml").read_text())
+    return yaml.safe_load(CONFIG.read_text())
 
 
 def copy_workflow(dest: Path, config: dict | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    if config is None:
-        shutil.copy2(ROOT / "config.yaml", dest / "config.yaml")
-    else:
-        (dest / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copytree(ROOT / "config", dest / "config", dirs_exist_ok=True)
+    if config is not None:
+        (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest
 
 
@@ -81,10 +83,10 @@ def test_config_yaml_is_valid():
         (lambda c: c["scales"]["quick"]["train"].update(max_patches="lots"), ["lots", "max_patches"]),
         (lambda c: c["datasets"]["deadleaves"]["generator"].update(r_min=-1.0), ["r_min"]),
         (lambda c: c["datasets"]["deadleaves"]["generator"].update(sigma=2.0), ["sigma"]),
-        (lambda c: c["variants"]["ride64_l1"].update(tolerence=0.1), ["tolerence"]),
-        (lambda c: c["variants"]["ride64_l1"]["model"].update(num_hidden="many"), ["many", "num_hidden"]),
-        (lambda c: c["variants"]["ride64_l1"]["model"].update(nb_size=4), ["nb_size"]),
-        (lambda c: c["scales"]["smoke"]["expectation"].update(gain_rnge={}), ["gain_rnge"]),
+        (lambda c: c["tables"]["table3"]["variants"]["ride64_l1"].update(tolerence=0.1), ["tolerence"]),
+        (lambda c: c["tables"]["table3"]["variants"]["ride64_l1"]["model"].update(num_hidden="many"), ["many", "num_hidden"]),
+        (lambda c: c["tables"]["table3"]["variants"]["ride64_l1"]["model"].update(nb_size=4), ["nb_size"]),
+        (lambda c: c["tables"]["table3"]["expectations"]["smoke"].update(gain_rnge={}), ["gain_rnge"]),
         (lambda c: c["scales"].update(huge={}), ["huge"]),
     ],
 )
@@ -131,10 +133,10 @@ def test_dry_run_of_paper_scale_plans_every_row():
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     for name in ("mcgsm12", "mcgsm32", "ride64_l1", "ride64_l1_ext", "ride64_l2", "ride64_l3", "ride128_l3"):
-        assert f"runs/paper/{name}/model.pt" in out
-    assert "runs/paper/eoride128_l3/eval.json" in out
-    assert "runs/paper/eoride128_l3/model.pt" not in out  # the ensemble reuses ride128_l3's model
-    assert "runs/paper/diffusion" not in out  # cited, never trained
+        assert f"runs/paper/table3/{name}/model.pt" in out
+    assert "runs/paper/table3/eoride128_l3/eval.json" in out
+    assert "runs/paper/table3/eoride128_l3/model.pt" not in out  # the ensemble reuses ride128_l3's model
+    assert "runs/paper/table3/diffusion" not in out  # cited, never trained
 
 
 def test_lint_is_clean():
@@ -175,13 +177,13 @@ def test_smoke_end_to_end(smoke_run):
     work, elapsed = smoke_run
     assert elapsed < 600, f"smoke scale took {elapsed:.0f} s; it must stay under 10 minutes on 2 cores"
     res = work / "results" / "smoke"
-    for name in ("table3.csv", "table3.md", "table3.html", "provenance.json", "figure2.csv", "figure2.png"):
+    for name in ("table3.csv", "table3.md", "table3.html", "table3.provenance.json", "figure2.csv", "figure2.png"):
         assert (res / name).stat().st_size > 0, name
     # results/table3.csv is the configured scale's table, scale written in every row
     assert (work / "results" / "table3.csv").read_text() == (res / "table3.csv").read_text()
     rows = T.read_csv(res / "table3.csv")
     config = load_config()
-    assert [r["row"] for r in rows] == T.table_variants(config)
+    assert [r["row"] for r in rows] == E.table_variants(config, "table3")
     assert {r["scale"] for r in rows} == {"smoke"}
     for r in rows:
         if r["row"] == "diffusion":
@@ -190,18 +192,22 @@ def test_smoke_end_to_end(smoke_run):
         assert r["status"] == "ours" and np.isfinite(r["ours_bits_px"]) and r["sem"] is not None
         assert r["device"] and r["wall_time_s"] is not None and r["wall_time_s"] > 0
         assert r["verdict"].startswith("expected-at-smoke: ok")
-    prov = json.loads((res / "provenance.json").read_text())
+    prov = json.loads((res / "table3.provenance.json").read_text())
     assert prov["scale"] == "smoke" and prov["git_commits"]
-    assert set(prov["rows"]) == set(T.evaluated_variants(config))
+    assert set(prov["rows"]) == set(E.evaluated_variants(config, "table3"))
+    # every cited model file, with the sha256 of the file the row was computed from
+    for v in E.trained_variants(config, "table3"):
+        model = work / "runs" / "smoke" / "table3" / v / "model.pt"
+        assert prov["models"][v]["sha256"] == sha256(model)
     # every rule logged under logs/smoke/
     logs = work / "logs" / "smoke"
-    for name in ("deadleaves.log", "table3.log", "figure2.log", "configured_scale.log"):
+    for name in ("deadleaves.log", "table3/table.log", "figure2.log", "configured_scale.log"):
         assert (logs / name).exists(), name
-    for v in T.trained_variants(config):
-        assert (logs / "train" / f"{v}.log").exists()
-        assert not (work / "runs" / "smoke" / v / "checkpoint.pt").exists()  # removed after success
-    for v in T.evaluated_variants(config):
-        assert (logs / "evaluate" / f"{v}.log").exists()
+    for v in E.trained_variants(config, "table3"):
+        assert (logs / "table3" / "train" / f"{v}.log").exists()
+        assert not (work / "runs" / "smoke" / "table3" / v / "checkpoint.pt").exists()  # removed after success
+    for v in E.evaluated_variants(config, "table3"):
+        assert (logs / "table3" / "evaluate" / f"{v}.log").exists()
     # nothing left to do
     again = snakemake(["-n", "--cores", SMOKE_CORES, "--config", "scale=smoke"], work, timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -213,7 +219,7 @@ def test_smoke_data_set_is_the_documented_generator(smoke_run):
     from ride.deadleaves import generate
 
     work, _ = smoke_run
-    data = T.dataset_params(load_config(), "smoke")
+    data = E.dataset_params(load_config(), "smoke", "deadleaves")
     train = work / "datasets" / "deadleaves" / "smoke" / "train.h5"
     test = work / "datasets" / "deadleaves" / "smoke" / "test.h5"
     for path in (train, test):
@@ -236,7 +242,7 @@ def test_smoke_check_and_report(smoke_run):
     try:
         rows = T.read_csv(table)
         rows[3]["ours_bits_px"] = float("nan")
-        T.write_csv(T.judge(rows, load_config(), "smoke"), table)
+        T.write_csv(T.judge(rows, load_config(), "table3", "smoke"), table)
         res = snakemake(["--cores", "1", "check_table3", "--config", "scale=smoke"], work, timeout=300)
         assert res.returncode != 0
         assert "row ride64_l1" in (work / "logs" / "smoke" / "check_table3.log").read_text()
@@ -248,8 +254,8 @@ def test_smoke_check_and_report(smoke_run):
     assert report.stat().st_size > 10_000
 
 
-REFERENCE = ROOT / "results" / "smoke" / "table3.csv"
-SPREAD = ROOT / "results" / "smoke" / "seed_spread.json"
+REFERENCE = ROOT / "tests" / "references" / "smoke" / "table3.csv"
+SPREAD = ROOT / "tests" / "references" / "smoke" / "seed_spread.json"
 
 
 @needs_ride
@@ -258,8 +264,8 @@ SPREAD = ROOT / "results" / "smoke" / "seed_spread.json"
     reason="smoke references not committed yet (python workflow/scripts/smoke_references.py)",
 )
 def test_smoke_matches_committed_references(smoke_run):
-    """A fresh smoke run reproduces results/smoke/table3.csv within the tolerance derived from
-    the seed-to-seed spread recorded in results/smoke/seed_spread.json (3 x the largest per-row
+    """A fresh smoke run reproduces tests/references/smoke/table3.csv within the tolerance derived from
+    the seed-to-seed spread recorded in tests/references/smoke/seed_spread.json (3 x the largest per-row
     standard deviation over training seeds; see workflow/scripts/smoke_references.py)."""
     work, _ = smoke_run
     spread = json.loads(SPREAD.read_text())
@@ -275,10 +281,10 @@ def test_smoke_matches_committed_references(smoke_run):
 
 
 def _checkpoint_state(path: Path):
-    import torch
+    from ride.checkpoint import load_verified
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+        return load_verified(path, "checkpoint")["state"]
     except Exception:  # being replaced right now
         return None
 
@@ -287,13 +293,15 @@ def _checkpoint_state(path: Path):
 def test_interrupted_training_resumes_from_checkpoint(tmp_path):
     import torch
 
+    from ride.train import load_model
+
     config = load_config()
     smoke = config["scales"]["smoke"]
     smoke["hidden_divisor"] = 1  # 64 hidden units: slow enough to interrupt
     smoke["train"].update(stages=[{"patch": 8, "lr": 0.1}] * 4, checkpoint_every=1, lbfgs_iterations=5)
     work = copy_workflow(tmp_path / "wf", config)
-    target = "runs/smoke/ride64_l3/model.pt"
-    run_dir = work / "runs" / "smoke" / "ride64_l3"
+    target = "runs/smoke/table3/ride64_l3/model.pt"
+    run_dir = work / "runs" / "smoke" / "table3" / "ride64_l3"
     ckpt = run_dir / "checkpoint.pt"
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", target, "--config", "scale=smoke"]
     proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -321,7 +329,7 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path):
     # Re-running the DAG continues from the checkpoint ...
     res = snakemake(["--cores", "1", target, "--config", "scale=smoke"], work, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    log = (work / "logs" / "smoke" / "train" / "ride64_l3.log").read_text()
+    log = (work / "logs" / "smoke" / "table3" / "train" / "ride64_l3.log").read_text()
     assert "resuming from" in log, log[-2000:]
     assert (run_dir / "model.pt").exists() and not ckpt.exists()
 
@@ -332,8 +340,8 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path):
          "--out-dir", str(fresh), "--seed", str(config["train_seed"]), "--device", "cpu", "--no-progress"],
         check=True, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    resumed = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
-    straight = torch.load(fresh / "model.pt", map_location="cpu", weights_only=False)["state_dict"]
+    resumed = load_model(run_dir / "model.pt").state_dict()
+    straight = load_model(fresh / "model.pt").state_dict()
     assert resumed.keys() == straight.keys()
     for key in resumed:
         torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
@@ -341,19 +349,59 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path):
 
 @needs_ride
 def test_stale_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    """The train rule is one command: `ride train --resume` discards a checkpoint written for
+    another config, naming the field that differs, and trains afresh."""
+    import torch
+
+    from ride.data import load_images
+    from ride.train import TrainConfig, Trainer
+
     work = copy_workflow(tmp_path / "wf")
-    target = "runs/smoke/mcgsm12/model.pt"
+    target = "runs/smoke/table3/mcgsm12/model.pt"
     assert snakemake(["--cores", "1", target, "--config", "scale=smoke"], work, timeout=600).returncode == 0
-    run_dir = work / "runs" / "smoke" / "mcgsm12"
-    (run_dir / "checkpoint.pt").write_bytes(b"left over from an older configuration")
-    (run_dir / T.RESUME_KEY).write_text("0" * 64 + "\n")
+    run_dir = work / "runs" / "smoke" / "table3" / "mcgsm12"
+    assert not (run_dir / "checkpoint.pt").exists()  # removed after success
+    # an interrupted run of the current config leaves a checkpoint like this one ...
+    old = json.loads((run_dir / "config.json").read_text())
+    train_cfg = TrainConfig.from_dict(old["train"])
+    train_cfg.seed = load_config()["train_seed"]
+    images = torch.from_numpy(load_images(work / "datasets" / "deadleaves" / "smoke" / "train.h5"))
+    Trainer(old["model"], train_cfg, images, run_dir, "cpu", progress=False).save_checkpoint()
+    # ... and then the config changes
     config = load_config()
     config["scales"]["smoke"]["baseline_train"]["lbfgs_iterations"] = 31
-    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     res = snakemake(["--cores", "1", target, "--config", "scale=smoke"], work, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "removed stale" in (work / "logs" / "smoke" / "train" / "mcgsm12.log").read_text()
+    log = (work / "logs" / "smoke" / "table3" / "train" / "mcgsm12.log").read_text()
+    assert "lbfgs_iterations: 30 -> 31" in log and "training afresh" in log, log[-2000:]
     assert json.loads((run_dir / "train.json").read_text())["train_config"]["lbfgs_iterations"] == 31
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+def test_check_committed_judges_the_committed_tables_in_seconds(tmp_path):
+    """`snakemake check_committed` on a fresh clone judges results/<scale>/table3.csv as committed:
+    nothing is generated, trained or evaluated first, and it takes well under a minute."""
+    work = copy_workflow(tmp_path / "clone")
+    shutil.copytree(ROOT / "results", work / "results")
+    committed = sorted((work / "results").glob("*/table3.csv"))
+    if not committed:
+        pytest.skip("no committed tables under results/<scale>/ to judge")
+    config = E.load_config(CONFIG)
+    verdicts = {p.parent.name: T.check_table(p, config) for p in committed}
+    judged = {p.parent.name: any(r["status"] == "ours" for r in T.read_csv(p)) for p in committed}
+    start = time.perf_counter()
+    res = snakemake(["--cores", "1", "check_committed"], work, timeout=120)
+    elapsed = time.perf_counter() - start
+    out = res.stdout + res.stderr
+    assert elapsed < 60, f"check_committed took {elapsed:.0f} s"
+    assert not (work / "runs").exists() and not (work / "datasets").exists(), out[-3000:]
+    all_pass = all(ok for ok, _ in verdicts.values()) and all(judged.values())
+    assert (res.returncode == 0) == all_pass, out[-3000:]
+    for scale, (ok, msgs) in verdicts.items():
+        assert f"results/{scale}/table3.csv: scale {scale}" in out
+        for msg in msgs:
+            assert msg.split(":")[0] in out  # "row <name> (<label>)" of every MISS
 
 
 @needs_ride
@@ -369,10 +417,10 @@ def test_corrupt_dataset_is_detected_before_training(tmp_path, damage):
     else:
         raw[len(raw) // 2] ^= 0xFF
         data.write_bytes(bytes(raw))
-    target = "runs/smoke/mcgsm32/model.pt"
+    target = "runs/smoke/table3/mcgsm32/model.pt"
     res = snakemake(["--cores", "1", target, "--config", "scale=smoke"], work, timeout=600)
     assert res.returncode != 0
-    log = (work / "logs" / "smoke" / "train" / "mcgsm32.log").read_text()
+    log = (work / "logs" / "smoke" / "table3" / "train" / "mcgsm32.log").read_text()
     assert "sha256" in log and "corrupt" in log, log
     assert not (work / target).exists()
-    assert not (work / "runs" / "smoke" / "mcgsm32" / "checkpoint.pt").exists()  # nothing was trained
+    assert not (work / "runs" / "smoke" / "table3" / "mcgsm32" / "checkpoint.pt").exists()  # nothing was trained

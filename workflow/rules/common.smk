@@ -1,93 +1,124 @@
-# Helpers: which jobs exist at which scale. The logic lives in ride.tables (tested there).
+# Which jobs exist at which scale, and their paths: all of it is ride.experiments (tested there).
 
-from ride import tables as T
+from ride import experiments as E
 
 try:
-    T.validate_config(config)
-except T.ConfigError as err:
-    raise ValueError(f"config.yaml: {err}") from None
+    E.validate_config(config)
+except E.ConfigError as err:
+    raise ValueError(f"config/config.yaml: {err}") from None
 
 SCALE = config["scale"]
+TABLES = E.table_names(config)
 ENV = "../envs/ride.yaml"
 
 
 wildcard_constraints:
-    scale="|".join(T.SCALES),
+    scale="|".join(E.SCALES),
+    table="|".join(TABLES),
+    figure="|".join(E.figure_names(config)) or "(?!)",
     variant="[a-z][a-z0-9_]*",
 
 
-def run_dir(scale, variant):
-    return f"runs/{scale}/{variant}"
+def run_file(name):
+    """A file of a run directory, as a pattern of the wildcards scale, table and variant."""
+    return f"{E.run_dir('{scale}', '{table}', '{variant}')}/{name}"
 
 
-def dataset(scale, part):
-    return f"datasets/deadleaves/{scale}/{part}.h5"
+def table_dataset(part, suffix="", kind="images"):
+    """Input function: the train or test file (+ suffix) of the wildcard table's data set."""
+    return lambda wc: f"{E.table_data_file(config, wc.scale, wc.table, part, kind)}{suffix}"
 
 
-def eval_json(scale, variant):
-    return f"{run_dir(scale, variant)}/eval.json"
+def benchmark_file(kind):
+    return f"logs/{{scale}}/{{table}}/benchmarks/{kind}_{{variant}}.tsv"
 
 
-def table_evals(wildcards):
-    return {v: eval_json(wildcards.scale, v) for v in T.evaluated_variants(config, wildcards.scale)}
+def table_files(scale, table):
+    """Everything a table reads: eval JSONs, train JSONs, training benchmarks, cited models."""
+    inputs = {}
+    for v in E.evaluated_variants(config, table):
+        # A row showing another column of a row's evaluation (eval_of) reads that row's eval.json.
+        inputs[f"eval_{v}"] = f"{E.run_dir(scale, table, E.eval_source(config, table, v))}/eval.json"
+        # The model each row cites: a missing or replaced model.pt re-runs train -> evaluate -> table.
+        inputs[f"model_{v}"] = f"{E.run_dir(scale, table, E.model_source(config, table, v))}/model.pt"
+    for v in E.trained_variants(config, table):
+        inputs[f"train_{v}"] = f"{E.run_dir(scale, table, v)}/train.json"
+        inputs[f"bench_{v}"] = benchmark_file("train").format(scale=scale, table=table, variant=v)
+    for part in ("train", "test"):
+        inputs[f"checksum_{part}"] = f"{E.table_data_file(config, scale, table, part)}.sha256"
+    if any(E.is_patch_variant(config, table, v) for v in E.evaluated_variants(config, table)):
+        for part in ("train", "test"):
+            inputs[f"checksum_patches_{part}"] = f"{E.table_data_file(config, scale, table, part, 'patches')}.sha256"
+        if E.table_spec(config, table).get("dc_model") is not None:
+            inputs["model__dc"] = f"{E.run_dir(scale, table, '_dc')}/model.pt"  # the DC model of the 64-dim rates
+            inputs["train__dc"] = f"{E.run_dir(scale, table, '_dc')}/train.json"
+    return inputs
 
 
-def table_trains(wildcards):
-    return {v: f"{run_dir(wildcards.scale, v)}/train.json" for v in T.trained_variants(config, wildcards.scale)}
+def figure_files(scale, figure):
+    """The eval JSONs (and cited models) of a figure's points."""
+    table = E.figure_spec(config, figure)["table"]
+    inputs = {}
+    for _, _, name in E.figure_variants(config, figure, scale):
+        inputs[f"eval_{name}"] = f"{E.run_dir(scale, table, name)}/eval.json"
+        inputs[f"model_{name}"] = f"{E.run_dir(scale, table, E.model_source(config, table, name))}/model.pt"
+    return inputs
 
 
-def figure_evals(wildcards):
-    return {name: eval_json(wildcards.scale, name) for _, _, name in T.figure_variants(config, wildcards.scale)}
+def table_inputs(wildcards):
+    return table_files(wildcards.scale, wildcards.table)
 
 
-def has_figure(scale):
-    return bool(T.scale_of(config, scale).get("figure2"))
+def figure_inputs(wildcards):
+    return figure_files(wildcards.scale, wildcards.figure)
 
 
 def scale_targets(scale):
-    out = [
-        f"results/{scale}/table3.csv",
-        f"results/{scale}/table3.md",
-        f"results/{scale}/table3.html",
-        f"results/{scale}/provenance.json",
-    ]
-    if has_figure(scale):
-        out += [f"results/{scale}/figure2.csv", f"results/{scale}/figure2.png"]
+    out = []
+    for table in E.default_tables(config):
+        out += [E.result_file(scale, table, s) for s in (".csv", ".md", ".html", ".provenance.json")]
+    for figure in E.figure_names(config, scale):
+        out += [E.result_file(scale, figure, s) for s in (".csv", ".png")]
     return out
+
+
+def copies(scale):
+    """(configured scale's file, untracked convenience copy at results/) pairs."""
+    pairs = [(E.result_file(scale, t, s), f"results/{t}{s}") for t in E.default_tables(config) for s in (".csv", ".md")]
+    pairs += [(E.result_file(scale, f, s), f"results/{f}{s}") for f in E.figure_names(config, scale) for s in (".csv", ".png")]
+    return pairs
+
+
+def cited_run_files(scale):
+    """The run files (model.pt, train.json, eval.json) behind every table and figure of a scale.
+
+    The entry points `all` and `check_table3` declare them. Snakemake re-runs a job for a missing
+    output only when a job downstream must run anyway, so a model.pt deleted (or left missing by
+    an interrupted --forcerun) behind an up-to-date table would otherwise never be rebuilt.
+    """
+    files = []
+    for table in E.default_tables(config):
+        files += [v for k, v in table_files(scale, table).items() if k.startswith(("eval_", "model_", "train_"))]
+    for figure in E.figure_names(config, scale):
+        files += list(figure_files(scale, figure).values())
+    return sorted(set(files))
 
 
 def all_targets():
-    out = scale_targets(SCALE) + ["results/table3.csv", "results/table3.md"]
-    if has_figure(SCALE):
-        out += ["results/figure2.csv", "results/figure2.png"]
-    return out
+    return scale_targets(SCALE) + [dst for _, dst in copies(SCALE)] + cited_run_files(SCALE)
 
 
-def runtime(kind):
-    def get(wildcards):
-        res = T.scale_of(config, wildcards.scale).get("resources") or {}
-        return int(res.get(f"{kind}_runtime", 60))
-
-    return get
-
-
-def mem_mb(wildcards):
-    res = T.scale_of(config, wildcards.scale).get("resources") or {}
-    return int(res.get("mem_mb", 4000))
-
-
-def generator_args(wildcards):
-    gen = T.dataset_params(config, wildcards.scale)["generator"]
-    return " ".join(f"--param {k}={v}" for k, v in gen.items())
+def resource(name):
+    return lambda wc: E.resources(config, wc.scale)[name]
 
 
 def model_input(wildcards):
-    src = T.model_source(config, wildcards.variant)
-    return f"{run_dir(wildcards.scale, src)}/model.pt"
+    src = E.model_source(config, wildcards.table, wildcards.variant)
+    return f"{E.run_dir(wildcards.scale, wildcards.table, src)}/model.pt"
 
 
 def eval_args(wildcards):
-    opts = T.eval_options(config, wildcards.scale, wildcards.variant)
+    opts = E.eval_options(config, wildcards.scale, wildcards.table, wildcards.variant)
     args = f"--tile {opts['tile']}"
     if opts.get("max_tiles"):
         args += f" --max-tiles {opts['max_tiles']}"

@@ -1,16 +1,18 @@
 rule deadleaves:
     """The dead-leaves data set of a scale (ride.deadleaves); the last num_test images are the test set."""
     output:
-        train=dataset("{scale}", "train"),
-        train_sum=dataset("{scale}", "train") + ".sha256",
-        test=dataset("{scale}", "test"),
-        test_sum=dataset("{scale}", "test") + ".sha256",
+        train=E.dataset_file("{scale}", "deadleaves", "train"),
+        train_sum=f"{E.dataset_file('{scale}', 'deadleaves', 'train')}.sha256",
+        test=E.dataset_file("{scale}", "deadleaves", "test"),
+        test_sum=f"{E.dataset_file('{scale}', 'deadleaves', 'test')}.sha256",
     params:
-        num_images=lambda wc: T.dataset_params(config, wc.scale)["num_images"],
-        num_test=lambda wc: T.dataset_params(config, wc.scale)["num_test"],
-        size=lambda wc: T.dataset_params(config, wc.scale)["size"],
-        seed=lambda wc: T.dataset_params(config, wc.scale)["seed"],
-        generator=generator_args,
+        num_images=lambda wc: E.dataset_params(config, wc.scale, "deadleaves")["num_images"],
+        num_test=lambda wc: E.dataset_params(config, wc.scale, "deadleaves")["num_test"],
+        size=lambda wc: E.dataset_params(config, wc.scale, "deadleaves")["size"],
+        seed=lambda wc: E.dataset_params(config, wc.scale, "deadleaves")["seed"],
+        generator=lambda wc: " ".join(
+            f"--param {k}={v}" for k, v in E.dataset_params(config, wc.scale, "deadleaves")["generator"].items()
+        ),
     log:
         "logs/{scale}/deadleaves.log",
     conda:

@@ -1,11 +1,11 @@
 rule model_config:
     """The `ride train --config` file of a variant at a scale (model + training options)."""
     output:
-        "runs/{scale}/{variant}/config.json",
+        run_file("config.json"),
     params:
-        cfg=lambda wc: T.train_config(config, wc.scale, wc.variant),
+        cfg=lambda wc: E.train_config(config, wc.scale, wc.table, wc.variant),
     log:
-        "logs/{scale}/model_config/{variant}.log",
+        "logs/{scale}/{table}/model_config/{variant}.log",
     conda:
         ENV
     script:
@@ -14,59 +14,55 @@ rule model_config:
 
 rule train:
     """Train one model. checkpoint.pt is deliberately not an output: a failed or interrupted job
-    keeps it, and `--resume` continues from it when the DAG is run again. `ride.tables resume`
-    drops a checkpoint written for another config/data/seed before, and deletes the checkpoint
-    after a successful run (so a deliberate re-run starts afresh)."""
+    keeps it, and `ride train --resume` continues from it when the DAG is run again. The same
+    command discards a checkpoint written for another config, model or data (naming the field
+    that differs) and removes the checkpoint after success, so a deliberate re-run starts afresh."""
     input:
-        data=dataset("{scale}", "train"),
-        checksum=dataset("{scale}", "train") + ".sha256",
-        cfg="runs/{scale}/{variant}/config.json",
+        data=table_dataset("train"),
+        checksum=table_dataset("train", ".sha256"),
+        cfg=run_file("config.json"),
     output:
-        model="runs/{scale}/{variant}/model.pt",
-        log_json="runs/{scale}/{variant}/train.json",
+        model=run_file("model.pt"),
+        log_json=run_file("train.json"),
     params:
-        out_dir=lambda wc: run_dir(wc.scale, wc.variant),
+        out_dir=lambda wc: E.run_dir(wc.scale, wc.table, wc.variant),
         device=config["device"],
         seed=config["train_seed"],
     log:
-        "logs/{scale}/train/{variant}.log",
+        "logs/{scale}/{table}/train/{variant}.log",
     benchmark:
-        "logs/{scale}/benchmarks/train_{variant}.tsv"
+        benchmark_file("train")
     threads: config["threads"]["train"]
     resources:
-        runtime=runtime("train"),
-        mem_mb=mem_mb,
+        runtime=resource("train_runtime"),
+        mem_mb=resource("mem_mb"),
     conda:
         ENV
     shell:
-        "python -m ride.tables resume {params.out_dir} --train-config {input.cfg}"
-        " --checksum {input.checksum} --seed {params.seed} >> {log} 2>&1"
-        " && OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " ride train --config {input.cfg} --data {input.data} --out-dir {params.out_dir}"
         " --resume --device {params.device} --seed {params.seed} >> {log} 2>&1"
-        " && python -m ride.tables resume {params.out_dir} --finish --train-config {input.cfg}"
-        " --checksum {input.checksum} --seed {params.seed} >> {log} 2>&1"
 
 
 rule evaluate:
     """Average log-likelihood rate on the test tiles (--ensemble for EoRIDE)."""
     input:
         model=model_input,
-        data=dataset("{scale}", "test"),
-        checksum=dataset("{scale}", "test") + ".sha256",
+        data=table_dataset("test"),
+        checksum=table_dataset("test", ".sha256"),
     output:
-        "runs/{scale}/{variant}/eval.json",
+        run_file("eval.json"),
     params:
         args=eval_args,
         device=config["device"],
     log:
-        "logs/{scale}/evaluate/{variant}.log",
+        "logs/{scale}/{table}/evaluate/{variant}.log",
     benchmark:
-        "logs/{scale}/benchmarks/evaluate_{variant}.tsv"
+        benchmark_file("evaluate")
     threads: config["threads"]["evaluate"]
     resources:
-        runtime=runtime("evaluate"),
-        mem_mb=mem_mb,
+        runtime=resource("evaluate_runtime"),
+        mem_mb=resource("mem_mb"),
     conda:
         ENV
     shell:

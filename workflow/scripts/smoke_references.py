@@ -6,10 +6,10 @@
 Runs the smoke scale once per training seed (`--config train_seed=K`; the data set is the
 same) in temporary copies of the workflow, then writes
 
-* results/smoke/{table3.csv,table3.md,table3.html,provenance.json,figure2.csv,figure2.png}
-  from the first seed (the committed reference; config train_seed is that seed), and
-* results/smoke/seed_spread.json: every seed's bits/px per row, their standard deviations and
-  ``tolerance = max(3 x largest per-row SD, 0.005)`` bit/px (ride.tables.seed_spread), which
+* tests/references/smoke/{table3.csv,table3.md,table3.html,table3.provenance.json,figure2.csv,
+  figure2.png} from the first seed (the committed reference; config train_seed is that seed), and
+* tests/references/smoke/seed_spread.json: every seed's bits/px per row, their standard deviations and
+  ``tolerance = max(3 x largest per-row SD, 0.005)`` bit/px (ride.tables.seed_spread, also `ride table spread`), which
   tests/test_workflow.py allows between a fresh smoke run and the reference.
 
 Re-run it whenever training or evaluation code changes the smoke numbers. Takes a few minutes.
@@ -28,9 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from ride import experiments as E  # noqa: E402
 from ride import tables as T  # noqa: E402
 
-FILES = ("table3.csv", "table3.md", "table3.html", "provenance.json", "figure2.csv", "figure2.png")
+FILES = ("table3.csv", "table3.md", "table3.html", "table3.provenance.json", "figure2.csv", "figure2.png")
+# Outside results/: a smoke run in a checkout writes results/smoke/ and must not touch the references.
+OUT = ROOT / "tests" / "references" / "smoke"
 
 
 def run_seed(seed: int, cores: int, work_dir: Path | None) -> Path:
@@ -44,7 +47,7 @@ def run_seed(seed: int, cores: int, work_dir: Path | None) -> Path:
     else:
         work = Path(tempfile.mkdtemp(prefix=f"smoke_seed{seed}_"))
     shutil.copytree(ROOT / "workflow", work / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(ROOT / "config.yaml", work / "config.yaml")
+    shutil.copytree(ROOT / "config", work / "config", dirs_exist_ok=True)
     start = time.perf_counter()
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", str(cores), "--config", "scale=smoke", f"train_seed={seed}"],
@@ -72,18 +75,18 @@ def main() -> int:
         return 0
     if len(args.seeds) < 3:
         parser.error("give at least three seeds")
-    config = T.load_config(ROOT / "config.yaml")
+    config = E.load_config(ROOT / "config" / "config.yaml")
     if args.seeds[0] != config.get("train_seed", 0):
-        parser.error(f"the first seed must be config.yaml's train_seed ({config.get('train_seed', 0)})")
+        parser.error(f"the first seed must be config/config.yaml's train_seed ({config.get('train_seed', 0)})")
     works = [run_seed(s, args.cores, args.work_dir) for s in args.seeds]
     tables = [T.read_csv(w / "results" / "smoke" / "table3.csv") for w in works]
     spread = T.seed_spread(tables, factor=args.factor)
     spread["seeds"] = args.seeds
     spread["what"] = (
         "bits/px of each smoke row for several training seeds (same data); the smoke test allows "
-        "`tolerance` between a fresh smoke run and results/smoke/table3.csv"
+        "`tolerance` between a fresh smoke run and tests/references/smoke/table3.csv"
     )
-    out = ROOT / "results" / "smoke"
+    out = OUT
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         shutil.copy2(works[0] / "results" / "smoke" / name, out / name)

@@ -3,8 +3,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-out = Path(snakemake.output[0])  # noqa: F821
-out.parent.mkdir(parents=True, exist_ok=True)
-out.write_text(json.dumps(snakemake.params.cfg, indent=2, sort_keys=True) + "\n")  # noqa: F821
-print(f"wrote {out}", file=sys.stderr)
+from ride.data import atomic_write
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+sys.stderr = open(sm.log[0], "w")
+text = json.dumps(sm.params.cfg, indent=2, sort_keys=True) + "\n"
+atomic_write(sm.output[0], lambda tmp: Path(tmp).write_text(text))
+print(f"wrote {sm.output[0]}", file=sys.stderr)

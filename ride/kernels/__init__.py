@@ -1,0 +1,16 @@
+"""Native kernels of the spatial LSTM and the MCGSM and what builds and loads them.
+
+| module | owns |
+| --- | --- |
+| ``build`` | building ``slstm.cpp`` + ``mcgsm.cpp`` (+ ``fastmath.h``) on first use with ``torch.utils.cpp_extension``, the cache, ctypes signatures, torch's BLAS pointers, the no-compiler fallback |
+| ``fused_slstm`` | the fused SLSTM autograd Function, its C and torch sweeps, image groups |
+| ``fused_mcgsm`` | the fused MCGSM autograd Function and :func:`mcgsm_log_prob` |
+| ``malloc`` | :func:`tune_malloc` (glibc settings for long jobs) |
+"""
+from .build import blas_pointers, c_kernels, c_kernels_error, use_c_kernels
+from .fused_mcgsm import FusedMCGSM, mcgsm_log_prob
+from .fused_slstm import FusedSLSTM, fused_inference, num_groups
+from .malloc import tune_malloc
+
+__all__ = ["FusedMCGSM", "FusedSLSTM", "blas_pointers", "c_kernels", "c_kernels_error", "fused_inference",
+           "mcgsm_log_prob", "num_groups", "tune_malloc", "use_c_kernels"]

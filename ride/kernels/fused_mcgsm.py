@@ -1,0 +1,90 @@
+"""The factorized MCGSM's likelihood with its ``M x K x S`` mixture part fused into C kernels
+(``mcgsm.cpp``, CPU); ``ride.mcgsm.MCGSM.log_prob`` delegates here on the CPU."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .build import c_kernels, use_c_kernels
+
+
+class FusedMCGSM(torch.autograd.Function):
+    """``log p(y | h)`` of the factorized MCGSM for ``M x D`` inputs; GEMMs in torch, the
+    ``M x K x S`` mixture part in one C pass per direction (nothing of that size is stored)."""
+
+    @staticmethod
+    def forward(ctx, h, y, priors, scales, weights, features, predictors):  # type: ignore[override]
+        lib = c_kernels()
+        k, s = scales.shape
+        m, n_feat = h.shape[0], features.shape[1]
+        both = torch.cat([features, predictors], 1)  # one GEMM for features and expert means
+        fm = h @ both
+        f = fm[:, :n_feat]
+        w2 = weights.square()
+        f2 = f * f
+        e = f2 @ w2.t()  # M x K
+        diff = torch.sub(y[:, None], fm[:, n_feat:])  # M x K: y - a_c^T h
+        r = diff * diff
+        nh = (-0.5 * scales.exp()).contiguous()
+        cst = (0.5 * scales - 0.5 * math.log(2 * math.pi)).contiguous()
+        eta = priors.contiguous()
+        lp, lse_j, lse_g = (h.new_empty(m) for _ in range(3))
+        fn = lib.mcgsm_fwd_f32 if h.dtype == torch.float32 else lib.mcgsm_fwd_f64
+        fn(m, k, s, e.data_ptr(), r.data_ptr(), eta.data_ptr(), nh.data_ptr(), cst.data_ptr(),
+           lp.data_ptr(), lse_j.data_ptr(), lse_g.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(h, f, f2, e, r, diff, lse_j, lse_g, eta, nh, cst, w2, weights, both)
+        return lp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        h, f, f2, e, r, diff, lse_j, lse_g, eta, nh, cst, w2, weights, both = ctx.saved_tensors
+        lib = c_kernels()
+        k, s = nh.shape
+        m, n_feat = h.shape[0], f.shape[1]
+        grad = grad.contiguous()
+        nthreads = torch.get_num_threads()
+        de, dr = torch.empty_like(e), torch.empty_like(r)
+        d_eta = h.new_zeros(nthreads, k * s)
+        d_alpha = h.new_zeros(nthreads, k * s)
+        fn = lib.mcgsm_bwd_f32 if h.dtype == torch.float32 else lib.mcgsm_bwd_f64
+        fn(m, k, s, e.data_ptr(), r.data_ptr(), grad.data_ptr(), eta.data_ptr(), nh.data_ptr(), cst.data_ptr(),
+           lse_j.data_ptr(), lse_g.data_ptr(), de.data_ptr(), dr.data_ptr(), d_eta.data_ptr(), d_alpha.data_ptr(),
+           nthreads)
+        # dL/d(h @ [features, predictors]): [2 f (de @ beta^2), -2 dr (y - mu)]
+        dfm = torch.empty(m, both.shape[1], dtype=h.dtype, device=h.device)
+        torch.mul(torch.mm(de, w2), f, out=dfm[:, :n_feat]).mul_(2.0)
+        torch.mul(dr, diff, out=dfm[:, n_feat:]).mul_(-2.0)
+        grads = [None] * 7
+        if ctx.needs_input_grad[0]:
+            grads[0] = dfm @ both.t()
+        if ctx.needs_input_grad[1]:
+            grads[1] = -dfm[:, n_feat:].sum(1)
+        grads[2] = d_eta.sum(0).view(k, s)
+        grads[3] = d_alpha.sum(0).view(k, s)
+        grads[4] = 2.0 * weights * (de.t() @ f2)
+        d_both = h.t() @ dfm
+        grads[5], grads[6] = d_both[:, :n_feat], d_both[:, n_feat:]
+        return tuple(grads)
+
+
+def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor,
+                   fallback: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Same as ``mcgsm.log_prob(inputs, outputs)`` (ride.mcgsm.MCGSM), fused on the CPU.
+
+    Where the C kernels are unavailable, on other devices and dtypes it returns
+    ``fallback(inputs, outputs)`` (default ``mcgsm.log_prob``; pass the original method when
+    ``MCGSM.log_prob`` itself delegates here). Equal to ``MCGSM.log_prob`` within float rounding
+    (tests/test_slstm_fast.py).
+    """
+    if inputs.shape[-1] != mcgsm.dim_in or not use_c_kernels(inputs) or outputs.dtype != inputs.dtype:
+        return (fallback or mcgsm.log_prob)(inputs, outputs)
+    shape = outputs.shape
+    h = inputs.reshape(-1, inputs.shape[-1]).contiguous()
+    y = outputs.reshape(-1).contiguous()
+    out = FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)
+    return out.view(shape)
+

@@ -1,0 +1,407 @@
+"""The fused spatial-LSTM layer: one :class:`torch.autograd.Function` per layer on
+diagonal-major tensors (layout and plan: ``ride.slstm``).
+
+Every pixel's GEMM input ``y = [x, h_left, h_up(, c_left, c_up)]`` is kept. Forward, per
+anti-diagonal: one GEMM ``z = b + y A^T`` (input and recurrent halves together) and one fused
+pointwise kernel that applies the gates and writes the diagonal's states into the next
+diagonal's rows of ``y``. Backward: the diagonals in reverse, computing only state gradients (one
+fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradients are one large
+GEMM ``dz^T y`` per chunk of ~32k rows (plus the input gradient ``dz A_in``). On the CPU the
+pointwise kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`), which also run the
+per-diagonal GEMMs where torch exports BLAS; elsewhere (CUDA, no compiler) the same sweeps run
+with torch ops. Without autograd a lighter forward (:func:`fused_inference`) keeps only rolling
+buffers.
+
+A ``plan`` argument is a ``ride.slstm`` diagonal plan: ``spans`` (per diagonal: offset, first
+row, last row), ``steps`` (the same with the previous diagonal's span), ``height``, and
+``left``/``up`` (the diagonal index of every pixel's neighbours).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import torch
+
+from .build import c_kernels, gemm_args
+
+# Image groups (opt-in): the batch is split into G groups whose sweeps run concurrently in a
+# small thread pool, each single-threaded (torch ops and the C kernels release the GIL), instead
+# of every GEMM and kernel forking OpenMP threads. One group by default (no faster on 2 cores,
+# README.performance.md); GROUPS (or RIDE_SLSTM_GROUPS) forces G, e.g. for machines with many cores.
+
+GROUPS: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def num_groups(n_img: int, device: torch.device, use_c: bool) -> int:
+    """Image groups for a batch of ``n_img`` (1 off the CPU or without the C kernels)."""
+    if not use_c or device.type != "cpu":
+        return 1
+    forced = GROUPS if GROUPS is not None else int(os.environ.get("RIDE_SLSTM_GROUPS", "1") or 1)
+    return max(1, min(forced, n_img))
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # thread-local: each group runs on one core
+
+
+def run_groups(fn: Callable[[int], None], groups: int) -> None:
+    """``fn(g)`` for every group: inline for one group, else concurrently in the pool."""
+    global _pool, _pool_size
+    if groups == 1:
+        fn(0)
+        return
+    with _pool_lock:
+        if _pool is None or _pool_size < groups:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(groups, thread_name_prefix="ride-slstm", initializer=_worker_init)
+            _pool_size = groups
+        pool = _pool
+
+    def call(g: int) -> None:
+        with torch.no_grad():
+            fn(g)
+
+    futures = [pool.submit(call, g) for g in range(groups)]
+    for future in futures:
+        future.result()
+
+
+class FusedSLSTM(torch.autograd.Function):
+    """One SLSTM layer in diagonal-major layout: ``G x P x M x input`` -> ``G x P x M x hidden``
+    (G image groups of M images, see ``ride.slstm.to_diagonal``)."""
+
+    @staticmethod
+    def forward(ctx, xd, weight_in, weight_rec, bias, plan, extended, use_c):  # type: ignore[override]
+        groups, num_pix, per, size_in = xd.shape
+        h = weight_rec.shape[0] // 5
+        # GEMM inputs y = [x, h_left, h_up(, c_left, c_up)] of every pixel, diagonal-major. Per
+        # diagonal the forward computes all gates as one GEMM (bias + y @ [A_in, A_rec]^T) and the
+        # pointwise kernel writes this diagonal's states into the next diagonal's rows of y; the
+        # backward forms all weight gradients as one GEMM dz^T @ y over all pixels.
+        inputs = xd.new_empty(groups, num_pix, per, size_in + weight_rec.shape[1])
+        inputs[..., :size_in] = xd
+        weight = torch.cat([weight_in, weight_rec], 1)
+        gates = xd.new_empty(groups, num_pix, per, 5 * h)
+        cells = xd.new_empty(groups, num_pix, per, h)
+        hidden = xd.new_empty(groups, num_pix, per, h)
+        sweep = _fused_forward_c if use_c else _fused_forward_torch
+
+        def run(g: int) -> None:
+            sweep(plan, inputs[g], size_in, weight, bias, gates[g], cells[g], hidden[g], h, extended)
+
+        run_groups(run, groups)
+        ctx.save_for_backward(weight_in, weight_rec, inputs, gates, cells, hidden)
+        ctx.plan, ctx.extended, ctx.use_c = plan, extended, use_c
+        return hidden
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_hidden):  # type: ignore[override]
+        weight_in, weight_rec, inputs, gates, cells, hidden = ctx.saved_tensors
+        plan, extended = ctx.plan, ctx.extended
+        groups, num_pix, per, h = hidden.shape
+        size_in = weight_in.shape[1]
+        grad_hidden = grad_hidden.contiguous()
+        needs = ctx.needs_input_grad
+        grad_x = inputs.new_empty(groups, num_pix, per, size_in) if needs[0] else None
+        grad_w = [inputs.new_zeros(5 * h, inputs.shape[3]) for _ in range(groups)] if needs[1] or needs[2] else None
+        grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
+        sweep = _fused_backward_c if ctx.use_c else _fused_backward_torch
+
+        def run(g: int) -> None:
+            def flush(p0: int, p1: int, dz: torch.Tensor) -> None:
+                """Gradients of pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
+                rows = (p1 - p0) * per
+                if grad_w is not None:
+                    grad_w[g].addmm_(dz.t(), inputs[g, p0:p1].view(rows, -1))
+                if grad_x is not None:
+                    torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
+
+            # dL/d(pre-activations) lives in a buffer of about _CHUNK_ROWS rows (the saved gates
+            # stay intact, so a graph kept with retain_graph=True can be differentiated again);
+            # every finished chunk of diagonals is flushed into the weight and input gradients.
+            dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush)
+            if grad_b is not None:
+                grad_b[g].copy_(dbias)
+
+        run_groups(run, groups)
+        grad_w_in = grad_w_rec = None
+        if grad_w is not None:
+            total = torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]
+            grad_w_in, grad_w_rec = total[:, :size_in], total[:, size_in:]
+        if grad_b is not None:
+            grad_b = torch.stack(grad_b).sum(0) if groups > 1 else grad_b[0]
+        return grad_x, grad_w_in, grad_w_rec, grad_b, None, None, None
+
+
+# Below these many elements (rows x hidden units) per diagonal a kernel runs on one thread: an
+# OpenMP fork costs more than it saves there, and much more on a machine shared with others.
+_PARALLEL_MIN_FWD = 1 << 14
+_PARALLEL_MIN_BWD = 1 << 16
+_PARALLEL_MIN_ROWS = 16  # with the GEMMs inside the kernels (per thread, on its rows)
+
+# Rows (pixels x images) of dL/dz kept at once by the backward sweep before its gradient GEMMs.
+_CHUNK_ROWS = 1 << 15
+
+
+def _chunks(plan, n_img: int) -> list[tuple[int, int, int, int]]:
+    """Groups of consecutive diagonals, last first: (first diagonal, last diagonal, p0, p1)."""
+    groups, d_last = [], len(plan.spans) - 1
+    for d in range(len(plan.spans) - 1, -1, -1):
+        off = plan.spans[d][0]
+        end_off, end_lo, end_hi = plan.spans[d_last]
+        p1 = end_off + end_hi - end_lo + 1
+        if (p1 - off) * n_img >= _CHUNK_ROWS or d == 0:
+            groups.append((d, d_last, off, p1))
+            d_last = d - 1
+    return groups
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
+    lib = c_kernels()
+    fn = lib.slstm_fwd_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_f64
+    gemm, set_threads = gemm_args(gates.dtype)
+    weight_t = weight.t()
+    bias = bias.contiguous()
+    n_img, k_all = inputs.shape[1], inputs.shape[2]
+    inputs[0, :, size_in:].zero_()  # the first pixel has no neighbours; the kernel fills the rest
+    if extended:
+        cbuf = None  # c_left and c_up are read from the GEMM inputs
+    else:
+        # Rolling [c_left, c_up] by row (ping-pong: the kernel reads one and writes the other);
+        # entries never written stay zero: the border of the grid.
+        cbuf = [gates.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
+    nthreads = torch.get_num_threads()
+    isz = gates.element_size()
+    g_row, s_row, y_row, c_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_all * isz, n_img * 2 * h * isz
+    g0, c0, h0, w0, b0 = _ptr(gates), _ptr(cells), _ptr(hidden), _ptr(weight), _ptr(bias)
+    yall = _ptr(inputs)
+    y0 = yall + size_in * isz  # recurrent part of the GEMM inputs
+    spans = plan.spans
+    last = len(spans) - 1
+    for d, (off, lo, hi) in enumerate(spans):
+        rows = hi - lo + 1
+        if gemm is None:
+            # One torch GEMM per diagonal: gates = bias + [x, h_left, h_up, ...] @ weight^T.
+            torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t,
+                        out=gates[off : off + rows].view(rows * n_img, 5 * h))
+            threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1
+        else:
+            threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
+        if extended:
+            cin, kc, cl, cu, cout = y0 + off * y_row, k_all, 2 * h, 3 * h, None
+        else:
+            cin, kc, cl, cu = _ptr(cbuf[d % 2]) + lo * c_row, 2 * h, 0, h
+            cout = _ptr(cbuf[(d + 1) % 2]) + lo * c_row
+        if d < last:
+            noff, nlo, nhi = spans[d + 1]
+            nxt = y0 + noff * y_row
+        else:
+            nxt, nlo, nhi = None, 1, 0
+        fn(rows, n_img, h, lo, g0 + off * g_row, c0 + off * s_row, h0 + off * s_row,
+           cin, kc, cl, cu, cout, nxt, k_all, nlo, nhi, int(extended), threads,
+           gemm, set_threads, yall + off * y_row, w0, k_all, b0 if gemm else None)
+
+
+def fused_inference(xd: torch.Tensor, weight_in: torch.Tensor, weight_rec: torch.Tensor, bias: torch.Tensor,
+                    plan, extended: bool) -> torch.Tensor:
+    """Forward only (C kernels) of ``G x P x M x input`` inputs, the groups concurrently."""
+    groups, num_pix, per, _ = xd.shape
+    hidden = xd.new_empty(groups, num_pix, per, weight_rec.shape[0] // 5)
+
+    def run(g: int) -> None:
+        _fused_inference_c(xd[g], weight_in, weight_rec, bias, plan, extended, hidden[g])
+
+    run_groups(run, groups)
+    return hidden
+
+
+def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
+    """Forward only, without the per-pixel history the backward needs: per diagonal two GEMMs
+    (input and recurrent part) into a scratch buffer, the same pointwise kernel, and rolling
+    buffers for the neighbours. Memory: the output plus O(longest diagonal)."""
+    lib = c_kernels()
+    fn = lib.slstm_fwd_f32 if xd.dtype == torch.float32 else lib.slstm_fwd_f64
+    num_pix, n_img, _ = xd.shape
+    h = weight_rec.shape[0] // 5
+    k_rec = weight_rec.shape[1]
+    longest = max(hi - lo + 1 for _, lo, hi in plan.spans)
+    z = xd.new_empty(longest * n_img, 5 * h)
+    cells = xd.new_empty(longest * n_img, h)
+    # Ping-pong recurrent inputs of the current / next diagonal (rows from the diagonal's first).
+    recs = [xd.new_zeros(longest * n_img, k_rec) for _ in range(2)]
+    cbuf = None if extended else [xd.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
+    w_in_t, w_rec_t = weight_in.t(), weight_rec.t()
+    nthreads = torch.get_num_threads()
+    isz = xd.element_size()
+    s_row, c_row = n_img * h * isz, n_img * 2 * h * isz
+    h0, z0, cc0 = _ptr(hidden), _ptr(z), _ptr(cells)
+    spans = plan.spans
+    last = len(spans) - 1
+    for d, (off, lo, hi) in enumerate(spans):
+        rows = hi - lo + 1
+        zd = z[: rows * n_img]
+        torch.addmm(bias, xd[off : off + rows].view(rows * n_img, -1), w_in_t, out=zd)
+        cur = recs[d % 2]
+        if d > 0:
+            zd.addmm_(cur[: rows * n_img], w_rec_t)
+        if extended:
+            cin, kc, cl, cu, cout = _ptr(cur), k_rec, 2 * h, 3 * h, None
+        else:
+            cin, kc, cl, cu = _ptr(cbuf[d % 2]) + lo * c_row, 2 * h, 0, h
+            cout = _ptr(cbuf[(d + 1) % 2]) + lo * c_row
+        if d < last:
+            _, nlo, nhi = spans[d + 1]
+            nxt = _ptr(recs[(d + 1) % 2])
+        else:
+            nxt, nlo, nhi = None, 1, 0
+        fn(rows, n_img, h, lo, z0, cc0, h0 + off * s_row, cin, kc, cl, cu, cout, nxt, k_rec, nlo, nhi,
+           int(extended), nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1, None, None, None, None, 0, None)
+    return hidden
+
+
+def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    lib = c_kernels()
+    fn = lib.slstm_bwd_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_f64
+    gemm, set_threads = gemm_args(gates.dtype)
+    weight_rec = weight_rec.contiguous()
+    n_img = gates.shape[1]
+    k_rec = weight_rec.shape[1]
+    height = plan.height
+    groups = _chunks(plan, n_img)
+    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
+    # dL/d(recurrent inputs) by row, ping-pong: diagonal d reads what d + 1 wrote (rows outside
+    # d + 1's are never read, so neither buffer needs clearing) and writes its own rows.
+    d_recs = [gates.new_zeros(height + 1, n_img, k_rec) for _ in range(2)]
+    dcbuf = [gates.new_zeros(height + 1, n_img, 2 * h) for _ in range(2)]
+    nthreads = torch.get_num_threads()
+    dbias = gates.new_zeros(nthreads, 5 * h)  # per-thread sums of dz: the bias gradient
+    isz = gates.element_size()
+    g_row, s_row, r_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_rec * isz
+    z0, dz0, c0, h0, go0 = _ptr(gates), _ptr(dzbuf), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
+    w0 = _ptr(weight_rec)
+    ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
+    nlo, nhi = 1, 0  # rows of the next diagonal (none yet)
+    steps = plan.steps
+    for d_first, d_last, p0, p1 in groups:
+        for d in range(d_last, d_first - 1, -1):
+            off, lo, hi, prev = steps[d]
+            rows = hi - lo + 1
+            if prev is None:
+                cprev, plo, phi = None, 1, 0
+            else:
+                cprev, plo, phi = c0 + prev[0] * s_row, prev[1], prev[2]
+            dcin, dcout = dcbuf[d % 2], dcbuf[(d + 1) % 2]
+            d_in, d_out = d_recs[(d + 1) % 2], d_recs[d % 2]
+            local = off - p0
+            use_gemm = gemm is not None and d > 0
+            if use_gemm:
+                threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
+            else:
+                threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
+            fn(rows, n_img, h, lo, z0 + off * g_row, dz0 + local * g_row, c0 + off * s_row, h0 + off * s_row,
+               go0 + off * s_row, cprev, plo, phi, _ptr(d_in), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
+               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads,
+               gemm if use_gemm else None, set_threads, w0, _ptr(d_out) + lo * r_row)
+            if d > 0 and not use_gemm:
+                torch.mm(dzbuf[local * n_img : (local + rows) * n_img], weight_rec,
+                         out=d_out[lo : hi + 1].view(rows * n_img, k_rec))
+            nlo, nhi = lo, hi
+        flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
+    return dbias.sum(0)
+
+
+def _fused_forward_torch(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
+    """Same sweep as the C kernel with torch ops (any device)."""
+    weight_t = weight.t()
+    n_img, k_all = inputs.shape[1], inputs.shape[2]
+    rec = inputs[..., size_in:]
+    rec.zero_()
+    crec = rec[..., 2 * h :] if extended else gates.new_zeros(inputs.shape[0], n_img, 2 * h)
+    spans = plan.spans
+    for d, (off, lo, hi) in enumerate(spans):
+        rows = hi - lo + 1
+        z = gates[off : off + rows]
+        torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t, out=z.view(rows * n_img, 5 * h))
+        z[..., :h].tanh_()
+        z[..., h:].sigmoid_()
+        g, o, i, f_c, f_r = z.split(h, -1)
+        c = torch.mul(g, i, out=cells[off : off + rows])
+        c.addcmul_(crec[off : off + rows, :, :h], f_c).addcmul_(crec[off : off + rows, :, h:], f_r)
+        hh = torch.mul(c, o, out=hidden[off : off + rows]).tanh_()
+        if d + 1 < len(spans):
+            noff, nlo, nhi = spans[d + 1]
+            # The next diagonal's row r reads h_left = this row r, h_up = this row r - 1.
+            a, b = nlo, min(hi, nhi)
+            rec[noff + a - nlo : noff + b - nlo + 1, :, :h] = hh[a - lo : b - lo + 1]
+            crec[noff + a - nlo : noff + b - nlo + 1, :, :h] = c[a - lo : b - lo + 1]
+            a, b = max(lo + 1, nlo), min(hi + 1, nhi)
+            rec[noff + a - nlo : noff + b - nlo + 1, :, h : 2 * h] = hh[a - 1 - lo : b - lo]
+            crec[noff + a - nlo : noff + b - nlo + 1, :, h:] = c[a - 1 - lo : b - lo]
+
+
+def _fused_backward_torch(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    """Same reverse sweep as the C kernel with torch ops (any device)."""
+    n_img = gates.shape[1]
+    k_rec = weight_rec.shape[1]
+    # Gradients w.r.t. the recurrent inputs / cell contributions of the next diagonal, by row.
+    # Two spare rows; rows the next diagonal does not cover are kept zero.
+    d_rec = gates.new_zeros(plan.height + 2, n_img, k_rec)
+    d_cell = gates.new_zeros(plan.height + 2, n_img, 2 * h)
+    c_pad = torch.cat([cells, cells.new_zeros(1, n_img, h)])
+    dbias = gates.new_zeros(5 * h)
+    groups = _chunks(plan, n_img)
+    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups), n_img, 5 * h)
+    for d_first, d_last, p0, p1 in groups:
+        for d in range(d_last, d_first - 1, -1):
+            off, lo, hi, _ = plan.steps[d]
+            rows = hi - lo + 1
+            sl = slice(off, off + rows)
+            z = dzbuf[off - p0 : off - p0 + rows]
+            g, o, i, f_c, f_r = gates[sl].split(h, -1)
+            t, c = hidden[sl], cells[sl]
+            dh = grad_hidden[sl] + d_rec[lo : hi + 1, :, :h] + d_rec[lo + 1 : hi + 2, :, h : 2 * h]
+            dc = d_cell[lo : hi + 1, :, :h] + d_cell[lo + 1 : hi + 2, :, h:]
+            if extended:
+                dc += d_rec[lo : hi + 1, :, 2 * h : 3 * h] + d_rec[lo + 1 : hi + 2, :, 3 * h :]
+            dm = dh * (1 - t * t)
+            dc.addcmul_(dm, o)
+            c_left = c_pad.index_select(0, plan.left[sl])
+            c_up = c_pad.index_select(0, plan.up[sl])
+            d_cell[lo : hi + 1, :, :h] = dc * f_c
+            d_cell[lo : hi + 1, :, h:] = dc * f_r
+            d_cell[hi + 1].zero_()
+            if lo > 0:
+                d_cell[lo - 1].zero_()
+            torch.cat(
+                [
+                    dc * i * (1 - g * g),
+                    dm * c * o * (1 - o),
+                    dc * g * i * (1 - i),
+                    dc * c_left * f_c * (1 - f_c),
+                    dc * c_up * f_r * (1 - f_r),
+                ],
+                -1,
+                out=z,
+            )
+            torch.mm(z.view(rows * n_img, 5 * h), weight_rec, out=d_rec[lo : hi + 1].view(rows * n_img, k_rec))
+            d_rec[hi + 1].zero_()
+            if lo > 0:
+                d_rec[lo - 1].zero_()
+        dz = dzbuf[: p1 - p0].view(-1, 5 * h)
+        dbias += dz.sum(0)
+        flush(p0, p1, dz)
+    return dbias
+
+

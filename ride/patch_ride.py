@@ -1,0 +1,169 @@
+"""PatchRIDE: RIDE on DC-removed ``size x size`` patches (the paper's 63-dim column, section 3.2).
+
+The 63 coordinates are rebuilt into the zero-sum 8x8 patch (the bottom-right pixel is minus
+the sum of the others, ride/patch_rates.py) and placed into a zero frame: ``rows - 1`` (2 for
+nb_size 5) rows on top and the neighbourhood's side margins (2 and 2) left and right, so that
+RIDE's scored grid is exactly the patch, every patch pixel gets a state and a full causal
+neighbourhood, and no padded pixel is ever scored. Of the 64 grid conditionals the first 63
+(row-major) are scored and the bottom-right one, a function of the others, is not:
+``log p(x) = sum_{k<63} log p(x_k | x_<k)``. Each is RIDE's normalised conditional given the
+patch pixels before it (the padding is constant), so this is an exact log-density on R^63.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .model import RIDE
+from .patch_rates import check_patches63, drop_pixel, patch_dim, rebuild_patch
+from .train import TrainingError, fit_mcgsm_lbfgs, stage_generator
+
+
+class PatchRIDE(nn.Module):
+    """RIDE scoring the 63 (``size^2 - 1``) DC-removed coordinates of zero-padded patches."""
+
+    def __init__(self, size: int = 8, **ride_config: Any) -> None:
+        super().__init__()
+        patch_dim(size)
+        self.size = size
+        self.ride = RIDE(**ride_config)
+        nb = self.ride.neighborhood
+        # (top, left, right) zeros so that the scored grid of the frame is the patch itself.
+        self.padding = (nb.rows - 1, nb.target[1], nb.cols - 1 - nb.target[1])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"size": self.size, **self.ride.config}
+
+    @property
+    def dim(self) -> int:
+        return self.size * self.size - 1
+
+    def frame(self, x: torch.Tensor) -> torch.Tensor:
+        """The padded frame ``N x (size + top) x (size + left + right)`` RIDE reads."""
+        top, left, right = self.padding
+        patches = rebuild_patch(x.to(self.ride.mcgsm.predictors), self.size)
+        return F.pad(patches, (left, right, top, 0))
+
+    def scored_positions(self) -> list[tuple[int, int]]:
+        """Frame coordinates (row, column) of the scored pixels, in the order of the coordinates."""
+        top, left, _ = self.padding
+        return [(top + k // self.size, left + k % self.size) for k in range(self.dim)]
+
+    def conditionals(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x 63``: ``log p(x_k | x_<k)`` in nats (whitening log-Jacobian included)."""
+        return drop_pixel(self.ride.log_prob(self.frame(x)))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x)`` in nats per patch, shape ``N``."""
+        return self.conditionals(x).sum(-1)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per scored pixel (nats)."""
+        return -self.conditionals(x).mean()
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``M x D`` and whitened targets ``M`` of the scored pixels (M = 63 N)."""
+        hidden, target = self.ride.features(self.frame(x))
+        return self._scored(hidden), drop_pixel(target).reshape(-1)
+
+    def _scored(self, grid: torch.Tensor) -> torch.Tensor:
+        """``(63 N) x D`` rows of an ``N x size x size x D`` grid tensor, the bottom-right left out."""
+        return grid.reshape(grid.shape[0], -1, grid.shape[-1])[:, : self.dim].reshape(-1, grid.shape[-1])
+
+    @torch.no_grad()
+    def fit_whitening(self, x: torch.Tensor, max_samples: int = 500_000, generator: torch.Generator | None = None) -> None:
+        """Conditional whitening from the neighbourhoods of the scored pixels only."""
+        check_patches63(x, self.size)
+        per_patch = max(1, math.ceil(max_samples / self.dim))
+        if x.shape[0] > per_patch:
+            x = x[torch.randperm(x.shape[0], generator=generator)[:per_patch]]
+        inputs, targets = self.ride.neighborhood.extract(self.frame(x))
+        self.ride.whitening.fit(self._scored(inputs), drop_pixel(targets).reshape(-1))
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Ancestral samples ``num x 63``: RIDE samples the patch in the zero frame in raster
+        order; the bottom-right draw is discarded (its value is minus the sum of the others)."""
+        top, left, right = self.padding
+        ref = self.ride.mcgsm.predictors
+        init = ref.new_zeros(num, self.size + top, self.size + left + right)
+        frame = self.ride.sample(num, *init.shape[1:], init=init, generator=generator)
+        return drop_pixel(frame[:, top:, left : left + self.size])
+
+
+def fit_patch_ride(
+    model: PatchRIDE,
+    train: torch.Tensor,
+    valid: torch.Tensor,
+    learning_rates: Sequence[float] = (1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005),
+    batch_size: int = 50,
+    momentum: float = 0.9,
+    clip_grad_norm: float | None = 1.0,
+    max_patches: int | None = None,
+    whitening_samples: int = 500_000,
+    lbfgs_iterations: int = 500,
+    lbfgs_samples: int = 1_000_000,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train on 63-dim patches: one epoch of momentum SGD per learning rate (the paper's rate
+    schedule of ride.train), each followed by an L-BFGS refinement of the MCGSM on fixed
+    features with early stopping on ``valid`` (ride.train.fit_mcgsm_lbfgs). Returns a record per epoch.
+    """
+    check_patches63(train, model.size)
+    check_patches63(valid, model.size)
+    if not learning_rates or min(learning_rates) <= 0 or batch_size < 1 or (max_patches is not None and max_patches < 1):
+        raise ValueError(f"fit_patch_ride needs positive learning rates, batch_size and max_patches, got "
+                         f"{list(learning_rates)}, {batch_size}, {max_patches}")
+    device = model.ride.mcgsm.predictors.device
+    model.fit_whitening(train, whitening_samples, stage_generator(seed, -1))
+    history = []
+    for epoch, lr in enumerate(learning_rates):
+        gen = stage_generator(seed, epoch)
+        order = torch.randperm(train.shape[0], generator=gen)[:max_patches]
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        losses = []
+        model.train()
+        for start in tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1} lr {lr:g}", disable=not progress):
+            batch = train[order[start : start + batch_size]].to(device)
+            optimizer.zero_grad()
+            loss = model.loss(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) in epoch {epoch + 1} (lr {lr:g}), batch "
+                                    f"{start // batch_size + 1}; lower this learning rate or set clip_grad_norm")
+            loss.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+        refine = _refine_mcgsm(model, train, valid, lbfgs_iterations, lbfgs_samples, gen, device)
+        record = {"epoch": epoch + 1, "lr": lr, "batches": len(losses), "train_nll_last": losses[-1], **refine}
+        history.append(record)
+        if progress:
+            print(f"fit_patch_ride: {record}", file=sys.stderr)
+    return history
+
+
+@torch.no_grad()
+def _scored_data(model: PatchRIDE, x: torch.Tensor, max_samples: int, generator: torch.Generator,
+                 device: torch.device, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x[torch.randperm(x.shape[0], generator=generator)[: max(1, math.ceil(max_samples / model.dim))]]
+    parts = [model.features(x[s : s + batch].to(device)) for s in range(0, x.shape[0], batch)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _refine_mcgsm(model: PatchRIDE, train: torch.Tensor, valid: torch.Tensor, iterations: int, samples: int,
+                  generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    train_data = _scored_data(model, train, samples, generator, device)
+    valid_data = _scored_data(model, valid, max(samples // 5, 1), generator, device)
+    info = fit_mcgsm_lbfgs(model.ride.mcgsm, *train_data, *valid_data, iterations)
+    if not math.isfinite(info.get("valid_nll", 0.0)):
+        raise TrainingError("L-BFGS refinement of the PatchRIDE MCGSM diverged")
+    return info
