@@ -1,8 +1,8 @@
 """Benchmark of the MCGSM's L-BFGS refinement (``python -m ride.bench_mcgsm``) with its own roofline.
 
 Training ends every stage by refining the MCGSM with ``torch.optim.LBFGS`` in float64 on fixed
-features (``ride.train.fit_mcgsm_lbfgs``); for the MCGSM rows of Table 3 that is all of training.
-This runs the same optimiser (same options, same closure ``ride.train._mean_nll``) on the MCGSM
+features (``ride.refine.fit_mcgsm_lbfgs``); for the MCGSM rows of Table 3 that is all of training.
+This runs the same optimiser (same options, same closure ``ride.refine._mean_nll``) on the MCGSM
 baseline's whitened neighbourhoods of dead-leaves images, in float64 and in float32 from the
 same initial parameters, and reports for each, interleaved on one machine:
 
@@ -97,7 +97,7 @@ def run_lbfgs(
     (without the held-out checks between them); torch's default ``max_eval`` (1.25 x the step's
     iterations) can end a step early, so the L-BFGS iterations done are counted separately.
     """
-    from .train import mcgsm_lbfgs
+    from .refine import mcgsm_lbfgs
 
     work = copy.deepcopy(mcgsm).to(dtype)
     optimizer, closure = mcgsm_lbfgs(work, inputs.to(dtype), outputs.to(dtype), check_every)
@@ -116,7 +116,7 @@ def run_lbfgs(
 @torch.no_grad()
 def mean_nll(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor) -> float:
     """Mean negative log-likelihood (nats/px) of the whitened targets, computed in float64."""
-    from .train import _mean_nll
+    from .refine import _mean_nll
 
     return float(_mean_nll(copy.deepcopy(mcgsm).double(), inputs.double(), outputs.double()))
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .mcgsm import MCGSM
-from .train import fit_mcgsm_lbfgs
+from .refine import fit_mcgsm_lbfgs
 
 
 class MoGSM(nn.Module):
@@ -61,7 +61,7 @@ class MoGSM(nn.Module):
         self, values: torch.Tensor, valid_values: torch.Tensor | None = None, max_iterations: int = 500,
         check_every: int = 25, patience: int = 2,
     ) -> dict[str, Any]:
-        """Maximum likelihood by float64 L-BFGS (ride.train.fit_mcgsm_lbfgs), early stopping on ``valid_values``."""
+        """Maximum likelihood by float64 L-BFGS (ride.refine.fit_mcgsm_lbfgs), early stopping on ``valid_values``."""
         values = values.reshape(-1)
         if values.numel() < 2 or not torch.isfinite(values).all():
             raise ValueError(f"MoGSM.fit needs at least 2 finite values, got {values.numel()} (non-finite: "

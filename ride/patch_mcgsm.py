@@ -8,7 +8,7 @@ Pixel 0 is a mixture of GSMs (ride/mogsm.py); pixel k >= 1 is a factorized MCGSM
 (ride/whitening.py; its log-Jacobian is part of the conditional). Every conditional is a
 normalised density in its pixel, so ``log_prob`` is an exact log-density on R^D. The D
 conditionals share no parameter and are trained independently, each by float64 L-BFGS with
-early stopping (ride.train.fit_mcgsm_lbfgs).
+early stopping (ride.refine.fit_mcgsm_lbfgs).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .mcgsm import MCGSM
 from .mogsm import MoGSM
-from .train import fit_mcgsm_lbfgs
+from .refine import fit_mcgsm_lbfgs
 from .whitening import ConditionalWhitening
 
 

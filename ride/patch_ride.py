@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from .model import RIDE
 from .patch_rates import check_patches63, drop_pixel, patch_dim, rebuild_patch
-from .train import TrainingError, fit_mcgsm_lbfgs, stage_generator
+from .errors import TrainingError
+from .refine import fit_mcgsm_lbfgs
+from .train import stage_generator
 
 
 class PatchRIDE(nn.Module):
@@ -115,7 +117,7 @@ def fit_patch_ride(
 ) -> list[dict[str, Any]]:
     """Train on 63-dim patches: one epoch of momentum SGD per learning rate (the paper's rate
     schedule of ride.train), each followed by an L-BFGS refinement of the MCGSM on fixed
-    features with early stopping on ``valid`` (ride.train.fit_mcgsm_lbfgs). Returns a record per epoch.
+    features with early stopping on ``valid`` (ride.refine.fit_mcgsm_lbfgs). Returns a record per epoch.
     """
     check_patches63(train, model.size)
     check_patches63(valid, model.size)

@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,15 +27,11 @@ from tqdm import tqdm
 from .checkpoint import load_verified, save_verified
 from .data import atomic_write, load_images
 from .errors import ConfigError, CorruptFileError, TrainingError
-from .mcgsm import MCGSM
 from .model import RIDE
 from .provenance import provenance, resolve_device
-from .train_config import validate_config, validate_train_section
+from .refine import _mean_nll, fit_mcgsm_lbfgs
+from .train_config import TrainConfig, validate_config
 
-PAPER_STAGES = [
-    {"patch": p, "lr": lr}
-    for p, lr in zip([8, 10, 12, 14, 16, 18, 20, 22], [1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005])
-]
 
 
 class _Diverged(Exception):
@@ -66,47 +62,6 @@ def gaussian_nll(white_targets: torch.Tensor) -> float:
     initialisation lands within ~0.1 nat of it); a trained model far above it has diverged.
     """
     return float(0.5 * (math.log(2 * math.pi) + white_targets.double().square().mean()))
-
-
-@dataclass
-class TrainConfig:
-    stages: list[dict[str, float]] = field(default_factory=lambda: copy.deepcopy(PAPER_STAGES))
-    batch_size: int = 50
-    momentum: float = 0.9
-    max_patches: int | None = None
-    max_images: int | None = None
-    # Passes over the training patches per stage (a stage's own "epochs" overrides it), each with
-    # a fresh grid offset, flips and order: small data sets (a texture's 15 regions) need several.
-    epochs: int = 1
-    # Patience in epochs: after each epoch the held-out images are scored, the best state is kept
-    # and the stage stops after this many epochs without improvement (None: off).
-    early_stopping: int | None = None
-    valid_fraction: float = 0.1
-    flip: bool = True
-    grow_layers: bool = False
-    whitening_samples: int = 500_000
-    lbfgs_iterations: int = 500
-    lbfgs_samples: int = 1_000_000
-    lbfgs_patch: int | None = None
-    lbfgs_check_every: int = 25
-    lbfgs_patience: int = 2
-    checkpoint_every: int = 100
-    # Restarts from the last checkpoint with a halved rate after a non-finite or diverged loss.
-    nan_retries: int = 3
-    # A stage has diverged when its validation NLL (after the L-BFGS refinement) exceeds the
-    # whitened Gaussian's on the same held-out pixels by more than this (nats/px; None: off).
-    divergence_margin: float | None = 1.0
-    # None = the paper's plain momentum SGD; a number rescales each batch's gradient to at most
-    # this global L2 norm before the step (documented deviation, see config/config.yaml).
-    clip_grad_norm: float | None = None
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None, source: str = "train config") -> "TrainConfig":
-        """Validated against ``ride.train_config.TRAIN_SCHEMA`` (:class:`ConfigError` naming the key)."""
-        values = dict(values or {})
-        validate_train_section(values, source)
-        return cls(**copy.deepcopy(values))
 
 
 def extract_patches(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -144,81 +99,6 @@ def mcgsm_data(model: RIDE, patches: torch.Tensor, max_samples: int, generator: 
         idx = torch.randperm(feats.shape[0], generator=generator)[:max_samples].to(device)
         feats, outs = feats[idx], outs[idx]
     return feats, outs
-
-
-def _mean_nll(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor, chunk: int = 4096, grad: bool = False) -> torch.Tensor:
-    # Small chunks keep the temporaries in the allocator's cache: 64k-row chunks spent most of
-    # their time in page faults (system time) on the CPU.
-    total = inputs.new_zeros((), dtype=torch.float64)
-    for start in range(0, inputs.shape[0], chunk):
-        part = -mcgsm.log_prob(inputs[start : start + chunk], outputs[start : start + chunk]).sum()
-        if grad:
-            (part / inputs.shape[0]).backward()
-        total = total + part.detach()
-    return total / inputs.shape[0]
-
-
-def mcgsm_lbfgs(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor,
-                check_every: int) -> tuple[torch.optim.LBFGS, Callable[[], torch.Tensor]]:
-    """The L-BFGS optimiser of the MCGSM refinement and its closure (the mean NLL on all pixels)."""
-    optimizer = torch.optim.LBFGS(
-        mcgsm.parameters(), lr=1, max_iter=check_every, history_size=10, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12,
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        return _mean_nll(mcgsm, inputs, outputs, grad=True)
-
-    return optimizer, closure
-
-
-def fit_mcgsm_lbfgs(
-    mcgsm: MCGSM,
-    inputs: torch.Tensor,
-    outputs: torch.Tensor,
-    valid_inputs: torch.Tensor | None,
-    valid_outputs: torch.Tensor | None,
-    max_iterations: int,
-    check_every: int = 25,
-    patience: int = 2,
-) -> dict[str, Any]:
-    """Refine the MCGSM by L-BFGS in float64, keeping the parameters best on held-out pixels."""
-    if max_iterations <= 0:
-        return {"iterations": 0}
-    dtype = mcgsm.predictors.dtype
-    work = copy.deepcopy(mcgsm).double()
-    x, y = inputs.double(), outputs.double()
-    vx = valid_inputs.double() if valid_inputs is not None else None
-    vy = valid_outputs.double() if valid_outputs is not None else None
-    optimizer, closure = mcgsm_lbfgs(work, x, y, check_every)
-
-    def valid_loss() -> float:
-        with torch.no_grad():
-            return float(_mean_nll(work, vx, vy)) if vx is not None else float(_mean_nll(work, x, y))
-
-    best = valid_loss()
-    best_state = copy.deepcopy(work.state_dict())
-    start_loss, bad, done = best, 0, 0
-    while done < max_iterations:
-        optimizer.param_groups[0]["max_iter"] = min(check_every, max_iterations - done)
-        optimizer.step(closure)
-        done += optimizer.param_groups[0]["max_iter"]
-        current = valid_loss()
-        if not math.isfinite(current):
-            break
-        if current < best - 1e-7:
-            best, bad = current, 0
-            best_state = copy.deepcopy(work.state_dict())
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    work.load_state_dict(best_state)
-    with torch.no_grad():
-        for target, source in zip(mcgsm.parameters(), work.parameters()):
-            target.copy_(source.to(dtype))
-    return {"iterations": done, "valid_nll_start": start_loss, "valid_nll": best}
 
 
 class Trainer:

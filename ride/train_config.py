@@ -1,13 +1,15 @@
 """The ``ride train --config`` file: its JSON schema and validation.
 
 A config has exactly two sections, ``model`` (the keyword arguments of :class:`ride.model.RIDE`)
-and ``train`` (the fields of :class:`ride.train.TrainConfig`). Like the workflow's config
+and ``train`` (the fields of :class:`ride.train_config.TrainConfig`). Like the workflow's config
 (``workflow/schemas/config.schema.yaml``), every object forbids unknown keys and every value has
 a type and a range, so a typo or an out-of-range value stops ``ride train`` before any work,
 with a message naming the file, the key and the fix.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import jsonschema
@@ -36,7 +38,7 @@ MODEL_SCHEMA: dict[str, Any] = {
 }
 
 TRAIN_SCHEMA: dict[str, Any] = {
-    "description": "fields of ride.train.TrainConfig; absent fields take their defaults",
+    "description": "fields of ride.train_config.TrainConfig; absent fields take their defaults",
     "type": "object",
     "additionalProperties": False,
     "properties": {
@@ -115,5 +117,52 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> None:
 
 
 def validate_train_section(values: Mapping[str, Any], source: str = "train config") -> None:
-    """The same check for a ``train`` section alone (:meth:`ride.train.TrainConfig.from_dict`)."""
+    """The same check for a ``train`` section alone (:meth:`ride.train_config.TrainConfig.from_dict`)."""
     _check(TRAIN_SCHEMA, values, source, "train")
+
+
+PAPER_STAGES = [
+    {"patch": p, "lr": lr}
+    for p, lr in zip([8, 10, 12, 14, 16, 18, 20, 22], [1.0, 0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005])
+]
+
+
+@dataclass
+class TrainConfig:
+    stages: list[dict[str, float]] = field(default_factory=lambda: copy.deepcopy(PAPER_STAGES))
+    batch_size: int = 50
+    momentum: float = 0.9
+    max_patches: int | None = None
+    max_images: int | None = None
+    # Passes over the training patches per stage (a stage's own "epochs" overrides it), each with
+    # a fresh grid offset, flips and order: small data sets (a texture's 15 regions) need several.
+    epochs: int = 1
+    # Patience in epochs: after each epoch the held-out images are scored, the best state is kept
+    # and the stage stops after this many epochs without improvement (None: off).
+    early_stopping: int | None = None
+    valid_fraction: float = 0.1
+    flip: bool = True
+    grow_layers: bool = False
+    whitening_samples: int = 500_000
+    lbfgs_iterations: int = 500
+    lbfgs_samples: int = 1_000_000
+    lbfgs_patch: int | None = None
+    lbfgs_check_every: int = 25
+    lbfgs_patience: int = 2
+    checkpoint_every: int = 100
+    # Restarts from the last checkpoint with a halved rate after a non-finite or diverged loss.
+    nan_retries: int = 3
+    # A stage has diverged when its validation NLL (after the L-BFGS refinement) exceeds the
+    # whitened Gaussian's on the same held-out pixels by more than this (nats/px; None: off).
+    divergence_margin: float | None = 1.0
+    # None = the paper's plain momentum SGD; a number rescales each batch's gradient to at most
+    # this global L2 norm before the step (documented deviation, see config/config.yaml).
+    clip_grad_norm: float | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, source: str = "train config") -> "TrainConfig":
+        """Validated against ``ride.train_config.TRAIN_SCHEMA`` (:class:`ConfigError` naming the key)."""
+        values = dict(values or {})
+        validate_train_section(values, source)
+        return cls(**copy.deepcopy(values))

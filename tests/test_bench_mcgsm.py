@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ride import bench_mcgsm
 from ride.mcgsm import MCGSM
-from ride.train import fit_mcgsm_lbfgs
+from ride.refine import fit_mcgsm_lbfgs
 
 # Ops that move or allocate without arithmetic, and the GEMMs (counted by FlopCounterMode).
 _NO_ARITHMETIC = {
