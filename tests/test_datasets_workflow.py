@@ -42,13 +42,19 @@ def _local_config(server, fakes) -> dict:
     return cfg
 
 
+def loopback_workflow(dest, server, fakes) -> dict:
+    """A copy of the workflow in ``dest`` whose data sources point at the local server."""
+    shutil.copytree(ROOT / "workflow", dest / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "config", dest / "config")
+    cfg = _local_config(server, fakes)
+    (dest / "config" / "datasets.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return cfg
+
+
 @pytest.mark.slow
 @needs_ride
 def test_smoke_dag_downloads_from_the_local_server_and_prepares_every_data_set(data_server, fake_sources, tmp_path):
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    cfg = _local_config(data_server, fake_sources)
-    (tmp_path / "config" / "datasets.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg = loopback_workflow(tmp_path, data_server, fake_sources)
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "all_datasets", "--config", "scale=smoke"]
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

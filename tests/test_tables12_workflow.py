@@ -136,20 +136,13 @@ def test_paper_scale_pending_and_render(config, tmp_path):
     assert "| Column |" in md and "63 dim [nat]" in md and "inf dim [bit/px]" in md
 
 
-def _smoke_config(server, fakes) -> dict:
-    from test_datasets_workflow import _local_config
-
-    return _local_config(server, fakes)
-
-
 @pytest.mark.slow
 @needs_ride
 def test_smoke_tables_1_and_2_end_to_end(data_server, fake_sources, tmp_path):
     """`snakemake results/smoke/table{1,2}.csv` on loopback data: every row finite, `ride table check` passes."""
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    cfg = _smoke_config(data_server, fake_sources)
-    (tmp_path / "config" / "datasets.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    from test_datasets_workflow import loopback_workflow
+
+    loopback_workflow(tmp_path, data_server, fake_sources)
     targets = ["results/smoke/table1.csv", "results/smoke/table2.csv"]
     maf = "runs/smoke/table1/mcgsm128_63/eval_maf.json"  # our 63-dim model on MAF's test patches
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", "scale=smoke", "--", *targets, maf]
