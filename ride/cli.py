@@ -53,7 +53,7 @@ def cmd_deadleaves(args: argparse.Namespace) -> int:
         params[key] = _parse_value(value)
     if not 0 < args.num_test < args.num_images:
         raise SystemExit("ride deadleaves: need 0 < --num-test < --num-images")
-    images = generate(args.num_images, args.size, args.seed, **params)
+    images = generate(args.num_images, args.size, args.seed, workers=args.workers, **params)
     split = args.num_images - args.num_test
     # Both files carry the training set's statistics: the test set is Z-scored with them too.
     attrs = {"generator": "dead leaves", "seed": args.seed, "params": json.dumps(params),
@@ -149,6 +149,28 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``ride calibrate``: fit the dead-leaves noise width against one paper number (ride.calibration)."""
+    from . import experiments
+    from .calibration import calibrate
+    from .data import atomic_write
+    from .provenance import provenance, resolve_device
+
+    config = experiments.load_config(args.config)
+    device = resolve_device(args.device)
+    start = time.perf_counter()
+    def write(doc: dict[str, Any]) -> None:
+        doc["provenance"] = provenance(device, config.get("train_seed", 0), time.perf_counter() - start)
+        text = json.dumps(doc, indent=2) + "\n"
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+
+    doc = calibrate(config, args.work_dir, device=str(device), workers=args.workers, runs=args.runs, scale=args.scale,
+                    after_run=write)
+    write(doc)
+    print(f"noise width {doc['width']:g} grey levels (target {doc['target']} bit/px); wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -167,7 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="generator parameter")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes generating images (the images do not depend on it)")
     p.set_defaults(func=cmd_deadleaves)
+
+    p = sub.add_parser("calibrate", help="fit the dead-leaves noise width against one paper number")
+    p.add_argument("--config", default=str(Path("config") / "config.yaml"))
+    p.add_argument("--out", required=True, help="JSON file with every run, the fitted width and provenance")
+    p.add_argument("--work-dir", required=True, help="data and models of the runs")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes generating the images")
+    p.add_argument("--runs", type=positive_int, default=None, help="overrides calibration.runs")
+    p.add_argument("--scale", choices=["smoke", "quick", "paper"], default=None, help="overrides calibration.scale")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("train", help="train RIDE or an MCGSM baseline (num_layers 0)")
     p.add_argument("--config", required=True, help="YAML/JSON file with 'model' and 'train' sections")
@@ -208,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="judge rendered result tables (results/<scale>/<table>.csv)")
     table_sub = p.add_subparsers(dest="table_command", required=True)
-    q = table_sub.add_parser("check", help="exit 1 naming every row whose verdict is a MISS")
+    q = table_sub.add_parser("check", help="exit 1 naming every row whose verdict is a MISS, or saying "
+                                             "'nothing to judge' for a table without a judged row")
     q.add_argument("tables", nargs="+", help="results/<scale>/<table>.csv")
     q.add_argument("--config", help="recompute the verdicts with this config first (config/config.yaml)")
     q = table_sub.add_parser("spread", help="seed-to-seed spread of several tables -> the smoke test's tolerance")

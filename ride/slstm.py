@@ -19,7 +19,11 @@ Implementations (``impl=`` of :meth:`SpatialLSTM.forward` and :meth:`SLSTMStack.
     in C kernels (:mod:`ride.kernels.build`); without a compiler, and on other devices (CUDA),
     the same sweeps run with torch ops.
 ``"fused_torch"``
-    The same autograd Function with torch ops forced (the CUDA path; testable on the CPU).
+    The same autograd Function with torch ops forced (testable on the CPU).
+``"fused_triton"``
+    The same sweeps with each diagonal's pointwise work in one Triton kernel
+    (:mod:`ride.kernels.triton_slstm`): what ``"fused"`` runs on CUDA where Triton is installed
+    (``RIDE_SLSTM_TRITON=0`` turns it off); on the CPU only under ``TRITON_INTERPRET=1`` (tests).
 ``"wavefront"``
     Diagonal schedule with plain autograd (every pointwise op recorded).
 ``"reference"``
@@ -40,8 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import FusedSLSTM, c_kernels, fused_inference, num_groups, use_c_kernels
+from .kernels.fused_slstm import sweep_mode
 
-IMPLEMENTATIONS = ("auto", "fused", "fused_torch", "wavefront", "reference")
+IMPLEMENTATIONS = ("auto", "fused", "fused_torch", "fused_triton", "wavefront", "reference")
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,18 +196,18 @@ class SpatialLSTM(nn.Module):
         if x.numel() == 0:
             return x.new_zeros(*x.shape[:-1], self.hidden_size)
         plan = _plan(x.shape[1], x.shape[2], x.device)
-        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl == "fused_torch"))
+        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
         xd = to_diagonal(x, plan, groups)
         return from_diagonal(self.forward_diagonal(xd, plan, impl), plan, x.shape[0])
 
     def forward_diagonal(self, xd: torch.Tensor, plan: _Plan, impl: str = "fused") -> torch.Tensor:
         """The fused layer on diagonal-major inputs ``G x P x M x input_size`` (:func:`to_diagonal`)."""
-        use_c = use_c_kernels(xd, force_torch=impl == "fused_torch")
+        mode = sweep_mode(xd, impl)
         xd = xd.contiguous()
         needs_grad = torch.is_grad_enabled() and (xd.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if use_c and not needs_grad:
+        if mode == "c" and not needs_grad:
             return fused_inference(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended)
-        return FusedSLSTM.apply(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended, use_c)
+        return FusedSLSTM.apply(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended, mode)
 
     def forward_wavefront(self, x: torch.Tensor) -> torch.Tensor:
         """Diagonal schedule with plain autograd."""
@@ -275,13 +280,13 @@ class SLSTMStack(nn.Module):
 
     def forward(self, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
         impl = resolve_impl(impl, x)
-        if impl in ("fused", "fused_torch") and self.layers:
+        if impl in ("fused", "fused_torch", "fused_triton") and self.layers:
             self.layers[0]._check(x)
             if x.numel() == 0:
                 return x.new_zeros(*x.shape[:-1], self.hidden_size)
             # One layout change for the whole stack: every layer works on diagonal-major tensors.
             plan = _plan(x.shape[1], x.shape[2], x.device)
-            groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl == "fused_torch"))
+            groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
             xd = to_diagonal(x, plan, groups)
             for layer in self.layers:
                 xd = layer.forward_diagonal(xd, plan, impl)

@@ -38,6 +38,14 @@ COLUMNS = (
     "ensemble",
     "source",
     "column",  # the value column (tables.<t>.columns): paper_bits_px/ours_bits_px/sem are in its unit
+    "value_key",  # the eval.json key ours_bits_px came from (e.g. bits_per_pixel_z); empty in older tables
+    "log2_jacobian",  # the exact Z-score shift of that eval (bits_per_pixel_z - bits_per_pixel), if any
+    "sem_key",  # the eval.json key of `sem` (sem_images, sem_clustered, ...); empty where the eval lacks it
+    # Order on the same tiles: predecessor(s) in verdict.order, paired mean difference (this - prev)
+    # and its image-clustered SEM; several predecessors (a row in two chains) are joined by ";".
+    "order_prev",
+    "order_diff",
+    "order_diff_sem",
 )
 NUMERIC = {
     "paper_bits_px",
@@ -52,6 +60,7 @@ NUMERIC = {
     "train_wall_s",
     "eval_wall_s",
     "num_tiles",
+    "log2_jacobian",
 }
 REQUIRED = ("row", "model", "scale", "status", "ours_bits_px", "verdict")
 
@@ -71,9 +80,46 @@ def finite(x: Any) -> bool:
     return v is not None and math.isfinite(v)
 
 
+#: What each standard error of eval.json is (tables name theirs in ``columns.<c>.sem``).
+SEM_KINDS = {
+    "sem": "over tiles as if independent (understates: tiles of one image are correlated)",
+    "sem_images": "over test images (SEM of the images' mean rates)",
+    "sem_clustered": "of the tile mean, clustered by test image (CR1 sandwich)",
+    "sem_bits_per_pixel": "over test patches",
+}
+
+
 def failures(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """One line per row whose verdict is a MISS."""
     return [f"row {r['row']} ({r['model']}): {r['verdict']}" for r in rows if "MISS" in str(r.get("verdict", ""))]
+
+
+# The paper-scale verdict of a reference row: gains are measured from it, it is not judged itself
+# (in Table 3 it is also the calibration row).
+REFERENCE = "reference row (gains are measured from it)"
+
+
+def is_judged(row: Mapping[str, Any]) -> bool:
+    """Whether a row's verdict judged something: a row of ours that is not ``not judged`` and not
+    only the paper-scale reference of its gains."""
+    verdict = str(row.get("verdict", ""))
+    return row.get("status") == "ours" and "not judged" not in verdict and verdict != REFERENCE
+
+
+def check_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The check of a table in words. A table with no judged row says "nothing to judge": that
+    is not a pass (an all-pending table proves nothing)."""
+    fails = failures(rows)
+    if fails:
+        return f"{len(fails)} row(s) MISS"
+    judged = sum(1 for r in rows if is_judged(r))
+    ours = [r for r in rows if r.get("status") != "cited"]
+    if judged:
+        return f"all {judged} judged row(s) pass"
+    pending = sum(1 for r in ours if r.get("status") == "pending")
+    if pending == len(ours):
+        return f"nothing to judge: all {len(ours)} rows pending"
+    return f"nothing to judge: none of {len(ours)} rows judged ({pending} pending, {len(ours) - pending} not judged)"
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -91,6 +137,8 @@ def _fmt(value: Any, column: str) -> str:
             return str(int(value))
         if column.endswith("_s"):
             return f"{value:.1f}"
+        if column == "log2_jacobian":
+            return f"{value:.10g}"  # the exact shift: raw = Z-scored - log2_jacobian
         return f"{value:.6g}" if column == "tolerance" else f"{value:.4f}"
     return str(value)
 
@@ -136,6 +184,8 @@ def _md(value: Any, column: str) -> str:
         return f"{value:.3f}"
     if column in ("difference", "paper_gain", "ours_gain", "gain_difference"):
         return f"{value:+.3f}"
+    if column == "order_diff":
+        return str(value).replace("|", "/")
     if column == "tolerance":
         return f"±{value:g}"
     if column == "wall_time_s":
@@ -153,19 +203,46 @@ MARKDOWN_COLUMNS = (
     ("ours_gain", "Our gain"),
     ("gain_difference", "Gain diff."),
     ("tolerance", "Tol. (paper scale)"),
+    ("order_diff", "Order: Δ vs prev. ± SEM (paired)"),
     ("verdict", "Verdict"),
     ("device", "Device"),
     ("wall_time_s", "Wall time"),
 )
 
 
-def to_markdown(rows: Sequence[Mapping[str, Any]], title: str, scale: str, caption: str = "", description: str = "") -> str:
-    """The table as Markdown: title, caption, the scale's description, rows, cited sources, check."""
+def order_cell(row: Mapping[str, Any]) -> str:
+    """``+0.012 ± 0.004 (prev)`` per paired predecessor of a row; empty without paired data."""
+    prevs = [p for p in str(row.get("order_prev") or "").split(";") if p]
+    diffs = str(row.get("order_diff") or "").split(";")
+    sems = str(row.get("order_diff_sem") or "").split(";")
+    cells = []
+    for i, prev in enumerate(prevs):
+        d = number(diffs[i]) if i < len(diffs) else None
+        e = number(sems[i]) if i < len(sems) else None
+        if d is not None and e is not None:
+            cells.append(f"{d:+.3f} ± {e:.3f} ({prev})")
+        else:
+            cells.append(f"unpaired ({prev})")
+    return "; ".join(cells)
+
+
+def to_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    title: str,
+    scale: str,
+    caption: str = "",
+    description: str = "",
+    notes: Sequence[str] = (),
+) -> str:
+    """The table as Markdown: title, caption, the scale's description, notes (units, standard
+    errors), rows, cited sources, check."""
     lines = [f"# {title} — scale `{scale}`", ""]
     if caption:
         lines += [" ".join(caption.split()), ""]
     if description:
         lines += [f"Scale `{scale}`: {' '.join(description.split())}", ""]
+    for note in notes:
+        lines += [" ".join(note.split()), ""]
     shown = MARKDOWN_COLUMNS
     if len({r.get("column") or "bit/px" for r in rows}) > 1:
         # Several value columns (Table 1: nat per patch and bit/px): each row names its unit.
@@ -179,14 +256,15 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str, scale: str, capti
             v = r.get(c)
             if c == "model" and r.get("status") == "cited":
                 v = f"{v} *(cited)*"
+            if c == "order_diff":
+                v = order_cell(r)
             cells.append(_md(v, c))
         lines.append("| " + " | ".join(cells) + " |")
     cited = [r for r in rows if r.get("status") == "cited"]
     if cited:
         lines.append("")
         lines += [f"*(cited)* {r['model']}: {r.get('source') or ''}" for r in cited]
-    fails = failures(rows)
-    lines += ["", "**Check:** " + ("all rows pass." if not fails else f"{len(fails)} row(s) MISS.")]
+    lines += ["", f"**Check:** {check_line(rows)}."]
     return "\n".join(lines) + "\n"
 
 

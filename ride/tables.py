@@ -14,14 +14,26 @@ reference row (``verdict.reference``) against the paper's gain over the paper's 
 * paper scale: ``|our gain - paper gain| <= tolerance`` -> ``within tolerance``, else ``MISS``;
 * other scales: the table's ``expectations.<scale>`` (finite values, gain ranges) ->
   ``expected-at-<scale>: ok`` or ``expected-at-<scale>: MISS`` -- never the paper's tolerance;
-* the rows listed in ``verdict.order`` must come out in that order: a row more than the slack
-  below its predecessor is a ``MISS`` (order);
+* the rows listed in ``verdict.order`` must come out in that order. Two rows scored on the same
+  tiles are compared by their PAIRED difference d = this - previous (per-tile rates, SEM s
+  clustered by test image, ``ride.statistics``): a row MISSes order when d + z s < -slack, i.e.
+  when it is significantly more than the slack below its predecessor (one-sided, ``z`` is
+  ``verdict.order_z``). The pair is stored in the row (``order_prev``, ``order_diff``,
+  ``order_diff_sem``), so ``ride table check`` rejudges from the CSV alone. Without per-tile rates
+  (older eval JSONs, patch rows) the unpaired rule applies and the verdict says ``unpaired``: a row
+  more than the slack below its predecessor is a MISS;
+* a column's value is the eval key ``columns.<c>.value`` (Table 3: ``bits_per_pixel_z``, rates on
+  Z-scored intensities); an eval that lacks it gives ``columns.<c>.fallback`` instead and the row
+  says so (``value_key``, ``column``, ``judged_by``). Gains and order are differences of rows on the
+  same test data, which the constant Z-score shift leaves unchanged; a column mixing both units
+  judges only the rows in its declared unit (the others read ``not judged``);
 * cited rows read ``cited, not ours``; rows not built read ``pending``.
 """
 from __future__ import annotations
 
 import csv
 import datetime
+import itertools
 import json
 import math
 import platform
@@ -31,14 +43,45 @@ from typing import Any, Mapping, Sequence
 
 from . import experiments as E
 from .data import sha256sum
-from .tablefiles import COLUMNS, failures, finite, number, read_csv, to_html, to_markdown, write_csv, write_text
+from .statistics import paired_difference_of_results
+from .tablefiles import (
+    COLUMNS,
+    REFERENCE,
+    SEM_KINDS,
+    check_line,
+    failures,
+    finite,
+    is_judged,
+    number,
+    read_csv,
+    to_html,
+    to_markdown,
+    write_csv,
+    write_text,
+)
 
-__all__ = ["COLUMNS", "CITED", "PENDING", "REFERENCE", "build_rows", "check_table", "compare_to_reference", "failures",
-           "judge", "read_csv", "rejudge", "render_table", "seed_spread", "write_csv"]
+__all__ = [
+    "CITED",
+    "COLUMNS",
+    "PENDING",
+    "REFERENCE",
+    "build_rows",
+    "check_line",
+    "check_table",
+    "compare_to_reference",
+    "failures",
+    "header_notes",
+    "judge",
+    "order_pairs",
+    "read_csv",
+    "rejudge",
+    "render_table",
+    "seed_spread",
+    "write_csv",
+]
 
 PENDING = "pending (needs GPU)"
 CITED = "cited, not ours"
-REFERENCE = "reference row (gains are measured from it)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,10 +161,19 @@ def build_rows(
                 t_train = train_wall.get(src)
             t_eval = _wall(ev)
             total = None if t_eval is None and t_train is None else (t_train or 0.0) + (t_eval or 0.0)
+            value_key = column["value"]
+            if value_key not in ev and column.get("fallback") in ev:
+                # An older eval (e.g. no Z-scored rate): its value in the fallback unit, said in the row.
+                value_key = column["fallback"]
+                row["column"] = f"{column['label']}; this row {value_key} (eval lacks {column['value']})"
+            sem_key = column["sem"] if column["sem"] in ev else None
             row.update(
                 status="ours",
-                ours_bits_px=number(ev.get(column["value"])),
-                sem=number(ev.get(column["sem"])),
+                ours_bits_px=number(ev.get(value_key)),
+                value_key=value_key,
+                log2_jacobian=number((ev.get("zscore") or {}).get("log2_jacobian")),
+                sem=number(ev.get(sem_key)) if sem_key else None,
+                sem_key=sem_key,
                 device=_device(tr, ev),
                 train_wall_s=t_train,
                 eval_wall_s=t_eval,
@@ -133,11 +185,76 @@ def build_rows(
             if row["ours_bits_px"] is not None:
                 row["difference"] = row["ours_bits_px"] - row["paper_bits_px"]
         rows.append(row)
+    _pair_order(rows, config, table, evals)
     return judge(rows, config, table, scale)
 
 
-def _gains(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str) -> None:
-    """Each row's gain over the reference row of its column (none where the column has none)."""
+#: Eval keys whose per-tile values are ``tile_rates`` (up to a constant shift): paired order applies.
+PAIRED_VALUES = ("bits_per_pixel", "bits_per_pixel_z")
+
+
+def _pair_order(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str,
+                evals: Mapping[str, Mapping[str, Any]]) -> None:
+    """Store each ordered row's paired difference to its predecessor(s) in ``order_*`` (strings;
+    a row in two chains has two predecessors, joined by ";"). Pairs without per-tile rates on the
+    same tiles get an empty difference: the order rule falls back to the unpaired one for them."""
+    by = {r["row"]: r for r in rows}
+    pairs: dict[str, list[tuple[str, float | None, float | None]]] = {}
+    for order in E.order_chains(config, table):
+        chain = [n for n in order if n in by and by[n]["status"] == "ours" and finite(by[n]["ours_bits_px"])]
+        for prev, cur in itertools.pairwise(chain):
+            diff = sem = None
+            if by[cur].get("value_key") in PAIRED_VALUES and by[prev].get("value_key") in PAIRED_VALUES:
+                try:
+                    paired = paired_difference_of_results(evals[cur], evals[prev])
+                    diff, sem = paired.mean, paired.sem
+                except ValueError:
+                    pass  # no per-tile rates, or other tiles: unpaired
+            pairs.setdefault(cur, []).append((prev, diff, sem))
+    def fmt(v: float | None) -> str:
+        return "" if v is None or not math.isfinite(v) else f"{v:.6g}"
+
+    for name, entries in pairs.items():
+        by[name]["order_prev"] = ";".join(p for p, _, _ in entries)
+        by[name]["order_diff"] = ";".join(fmt(d) for _, d, _ in entries)
+        by[name]["order_diff_sem"] = ";".join(fmt(e) for _, _, e in entries)
+
+
+def order_pairs(row: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+    """A row's stored paired differences: predecessor -> (mean difference, SEM), None where unpaired."""
+    prevs = [p for p in str(row.get("order_prev") or "").split(";")]
+    diffs = str(row.get("order_diff") or "").split(";")
+    sems = str(row.get("order_diff_sem") or "").split(";")
+    out = {}
+    for i, prev in enumerate(prevs):
+        if prev:
+            out[prev] = (number(diffs[i]) if i < len(diffs) else None, number(sems[i]) if i < len(sems) else None)
+    return out
+
+
+def _unit(row: Mapping[str, Any]) -> str:
+    """The eval key a row's value came from ("" for tables written before ``value_key``)."""
+    return str(row.get("value_key") or "")
+
+
+def _mixed_units(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str) -> dict[str, str]:
+    """Rows not in their column's declared unit while other rows of the column are: name -> note."""
+    columns = E.table_columns(config, table)
+    out: dict[str, str] = {}
+    ours = [r for r in rows if r["status"] == "ours"]
+    for col, cspec in columns.items():
+        members = [r for r in ours if E.column_of(config, table, r["row"]) == col]
+        if len({_unit(r) for r in members}) > 1:
+            for r in members:
+                if _unit(r) != cspec["value"]:
+                    out[r["row"]] = (f"value is {_unit(r) or 'of an unrecorded unit'}, other rows {cspec['value']}: "
+                                     f"units are not mixed; re-run `ride evaluate`")
+    return out
+
+
+def _gains(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, skip: Sequence[str] = ()) -> None:
+    """Each row's gain over the reference row of its column (none where the column has none, and
+    our gain none for the rows in ``skip`` or measured from one of them: other units)."""
     spec = E.table_spec(config, table)
     by = {r["row"]: r for r in rows}
     for r in rows:
@@ -149,6 +266,8 @@ def _gains(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str) ->
         ours_ref = number(by[ref]["ours_bits_px"]) if ref in by else None
         r["paper_gain"] = float(r["paper_bits_px"]) - paper_ref
         ours = number(r["ours_bits_px"])
+        if r["row"] in skip or ref in skip:
+            continue
         if ours is not None and ours_ref is not None and math.isfinite(ours) and math.isfinite(ours_ref):
             r["ours_gain"] = ours - ours_ref
             r["gain_difference"] = r["ours_gain"] - r["paper_gain"]
@@ -157,17 +276,21 @@ def _gains(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str) ->
 def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, scale: str) -> list[dict[str, Any]]:
     """Fill gains, ``verdict`` and ``judged_by`` of ``rows`` of ``table`` (in place; returned)."""
     spec = E.table_spec(config, table)
-    _gains(rows, config, table)
+    mixed = _mixed_units(rows, config, table)
+    _gains(rows, config, table, skip=list(mixed))
     expectation = E.expectation(config, table, scale)
     paper = expectation is None
+    # Values of data calibrated to the paper (Table 3's noise width) are judged directly.
+    by_value = paper and spec["verdict"].get("paper_judges", "gain") == "value"
     slack = float(spec["verdict"]["order_slack"] if paper else expectation.get("order_slack", spec["verdict"]["order_slack"]))
     problems: dict[str, list[str]] = {r["row"]: [] for r in rows}
     notes: dict[str, str] = {}
     by = {r["row"]: r for r in rows}
 
+    notes.update(mixed)
     for r in rows:
         name = r["row"]
-        if r["status"] in ("cited", "pending"):
+        if r["status"] in ("cited", "pending") or name in mixed:
             continue
         ref = E.reference_of(config, table, name)
         ref_pending = ref is None or ref not in by or by[ref]["status"] == "pending"
@@ -179,15 +302,22 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
         if name == ref:
             continue
         gain = number(r["ours_gain"])
-        if ref_pending:
+        if ref_pending and not by_value:
             notes[name] = f"reference row {ref} pending" if ref else "no reference row in its column"
+            continue
+        if ref in mixed and not by_value:
+            notes[name] = f"reference row {ref} is in another unit"
             continue
         if paper:
             tol = number(r["tolerance"])
             if tol is None:
                 notes[name] = "no tolerance in config"
                 continue
-            if gain is None:
+            if by_value:
+                diff = number(r["difference"])
+                if diff is not None and abs(diff) > tol + 1e-12:
+                    problems[name].append(f"{ours:.3f} vs paper {r['paper_bits_px']:.3f}: off by {abs(diff):.3f} > {tol:g}")
+            elif gain is None:
                 problems[name].append(f"no gain: reference row {ref} is missing")
             elif abs(gain - r["paper_gain"]) > tol + 1e-12:
                 problems[name].append(
@@ -202,26 +332,37 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
                 elif not lo <= gain <= hi:
                     problems[name].append(f"gain {gain:+.3f} outside expected [{lo:+g}, {hi:+g}]")
 
-    # Order: each ordered row with a value must not fall more than `slack` below its predecessor.
+    # Order: each ordered row must not fall significantly more than `slack` below its predecessor
+    # (paired, one-sided z); without a paired difference, not more than `slack` (unpaired).
     check_order = paper or bool(expectation.get("order", True))
     columns = E.table_columns(config, table)
+    z = number(spec["verdict"].get("order_z"))
     for order in E.order_chains(config, table) if check_order else []:
-        chain = [n for n in order if n in by and by[n]["status"] == "ours" and finite(by[n]["ours_bits_px"])]
+        chain = [n for n in order if n in by and by[n]["status"] == "ours" and finite(by[n]["ours_bits_px"])
+                 and n not in mixed]
         # A chain holds rows of one column; its slack is in that column's unit.
         chain_slack = slack * float(columns[E.column_of(config, table, order[0])].get("slack_scale", 1.0))
         for prev, cur in zip(chain, chain[1:]):
             a, b = float(by[prev]["ours_bits_px"]), float(by[cur]["ours_bits_px"])
-            if b < a - chain_slack - 1e-12:
-                problems[cur].append(f"order: {b - a:+.3f} below {prev} (slack {chain_slack:g})")
+            diff, sem = order_pairs(by[cur]).get(prev, (None, None))
+            if z is not None and diff is not None and sem is not None and math.isfinite(diff) and sem >= 0:
+                if diff + z * sem < -chain_slack - 1e-12:
+                    problems[cur].append(f"order: {diff:+.3f} ± {sem:.3f} below {prev} "
+                                         f"(paired; {diff:+.3f} + {z:g} x {sem:.3f} < -{chain_slack:g})")
+            elif b < a - chain_slack - 1e-12:
+                problems[cur].append(f"order: {b - a:+.3f} below {prev} (unpaired; slack {chain_slack:g})")
 
+    order_rule = f"order (paired: d + {z:g} SEM >= -{slack:g}; else unpaired, slack {slack:g})" if z is not None \
+        else f"order (unpaired, slack {slack:g})"
     if paper:
-        judged_by = f"paper: |gain - paper gain| <= tolerance; order (slack {slack:g})"
+        judged_by = f"paper: |ours - paper| <= tolerance; {order_rule}" if by_value else \
+            f"paper: |gain - paper gain| <= tolerance; {order_rule}"
     else:
         parts = ["finite"] if expectation.get("finite", True) else []
         if expectation.get("gain_range"):
             parts.append("gain range")
         if check_order:
-            parts.append(f"order (slack {slack:g})")
+            parts.append(order_rule)
         judged_by = f"{scale} expectation: " + (", ".join(parts) or "nothing")
     for r in rows:
         name = r["row"]
@@ -252,7 +393,11 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
                 verdict = f"{prefix}: not judged ({notes[name]})"
             else:
                 verdict = f"{prefix}: ok"
-        r["verdict"], r["judged_by"] = verdict, judged_by
+        column = columns[E.column_of(config, table, name)]
+        unit = _unit(r)
+        # A row in another unit than its column declares says so (older evals: no Z-scored rate).
+        suffix = f"; unit {unit} (eval lacks {column['value']})" if unit and unit != column["value"] else ""
+        r["verdict"], r["judged_by"] = verdict, judged_by + suffix
     return rows
 
 
@@ -261,6 +406,40 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
+
+
+def header_notes(rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any], table: str,
+                 evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Lines above a rendered table: the unit of each column (the exact Z-score shift where its
+    values are Z-scored) and which standard error ``SEM`` is."""
+    columns = E.table_columns(config, table)
+    used = {E.column_of(config, table, r["row"]) for r in rows}
+    notes = []
+    for col, cspec in columns.items():
+        if col not in used:
+            continue
+        label = f"Column {cspec['label']}: " if len(used) > 1 else ""
+        if cspec["value"].endswith("_z"):
+            members = [r["row"] for r in rows if E.column_of(config, table, r["row"]) == col and r["status"] == "ours"]
+            zs = {(round(float(z["std"]), 6), round(float(z["log2_jacobian"]), 6))
+                  for n in members for z in [(evals.get(n) or {}).get("zscore")] if z}
+            shift = "; ".join(f"std {sd:.4f}: log2 Jacobian {lj:+.4f} bit/px" for sd, lj in sorted(zs)) or \
+                "its value from each eval.json's `zscore`; no row evaluated yet"
+            fallback = [n for n in members if by_unit(rows, n) not in ("", cspec["value"])]
+            notes.append(
+                f"{label or 'Values: '}rates on Z-scored intensities z = (x - mean) / std (mean and std of the training set): "
+                f"`{cspec['value']}` = `bits_per_pixel` + log2(std) bit/px, the log2 Jacobian per pixel, added "
+                f"exactly ({shift}). Gains and order are unchanged by this constant shift."
+                + (f" Rows {', '.join(fallback)}: their evals lack `{cspec['value']}`, shown as "
+                   f"`{cspec.get('fallback')}` (see Column and judged_by)." if fallback else ""))
+        notes.append(f"{label or 'Standard errors: '}SEM {SEM_KINDS.get(cspec['sem'], cspec['sem'])} "
+                     f"(`{cspec['sem']}` of eval.json).")
+    return notes
+
+
+def by_unit(rows: Sequence[Mapping[str, Any]], name: str) -> str:
+    """The ``value_key`` of row ``name`` ("" when unrecorded)."""
+    return next((_unit(r) for r in rows if r["row"] == name), "")
 
 
 def provenance(
@@ -333,7 +512,8 @@ def render_table(
     write_csv(rows, out_csv)
     if out_md:
         description = E.scale_of(config, scale).get("description", "")
-        write_text(out_md, to_markdown(rows, spec["title"], scale, spec.get("caption", ""), description))
+        notes = header_notes(rows, config, table, evals)
+        write_text(out_md, to_markdown(rows, spec["title"], scale, spec.get("caption", ""), description, notes))
     if out_html:
         write_text(out_html, to_html(rows, spec["title"], scale))
     if out_provenance:
@@ -380,21 +560,26 @@ def check_table(path: str | Path, config: Mapping[str, Any] | None = None) -> tu
     if config is not None:
         rows = rejudge(rows, config, table_of(path))
     msgs = failures(rows)
+    if not msgs and not any(is_judged(r) for r in rows):
+        return False, [check_line(rows)]  # nothing to judge is not a pass
     return not msgs, msgs
 
 
 def check_summary(path: str | Path, config: Mapping[str, Any] | None = None) -> tuple[bool, str]:
-    """(ok, report) of ``ride table check`` for one CSV: a line, then one line per MISS."""
+    """(ok, report) of ``ride table check`` for one CSV: a line, then one line per MISS. A table
+    with no judged row (e.g. all pending) does not pass: its line says "nothing to judge"."""
     ok, msgs = check_table(path, config)
     rows = read_csv(path)
+    if config is not None and rows:
+        rows = rejudge(rows, config, table_of(path))
     scale = rows[0]["scale"] if rows else "?"
-    judged = sum(1 for r in rows if r.get("status") == "ours")
+    judged = sum(1 for r in rows if is_judged(r))
     pending = f"; pending: {', '.join(r['row'] for r in rows if r.get('status') == 'pending')}" if any(
         r.get("status") == "pending" for r in rows) else ""
-    if ok and not judged:
-        return False, f"{path}: scale {scale}: nothing to judge (no row of ours){pending}"
     if ok:
         return True, f"{path}: scale {scale}: {judged} row(s) judged, all pass{pending}"
+    if not rows or not any("MISS" in str(r.get("verdict")) for r in rows):
+        return False, f"{path}: scale {scale}: {msgs[0]}{pending}"
     return False, "\n".join([f"{path}: scale {scale}: {len(msgs)} row(s) outside tolerance/expectation:"]
                             + [f"  {m}" for m in msgs])
 
@@ -427,10 +612,21 @@ def seed_spread(tables: Sequence[Sequence[Mapping[str, Any]]], factor: float = 3
     }
 
 
+def _raw_value(row: Mapping[str, Any]) -> float | None:
+    """``ours_bits_px`` in raw bit/px (the Z-score shift taken off where the value is Z-scored)."""
+    value, shift = number(row.get("ours_bits_px")), number(row.get("log2_jacobian"))
+    if value is not None and _unit(row).endswith("_z"):
+        return value - shift if shift is not None else None
+    return value
+
+
 def compare_to_reference(
     rows: Sequence[Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], tolerance: float
 ) -> list[str]:
-    """Rows whose bits/px differ from the reference table by more than ``tolerance``."""
+    """Rows whose bits/px differ from the reference table by more than ``tolerance``.
+
+    Values are compared in raw bit/px: a Z-scored value (``value_key`` ``*_z``) less its exact
+    ``log2_jacobian``, so a table from Z-scored evals compares with references from older ones."""
     ref = {r["row"]: r for r in reference}
     out = []
     for r in rows:
@@ -439,7 +635,7 @@ def compare_to_reference(
         if r["row"] not in ref or ref[r["row"]].get("status") != "ours":
             out.append(f"row {r['row']}: no reference value")
             continue
-        a, b = number(r.get("ours_bits_px")), number(ref[r["row"]].get("ours_bits_px"))
+        a, b = _raw_value(r), _raw_value(ref[r["row"]])
         if a is None or b is None or not math.isfinite(a) or abs(a - b) > tolerance:
             out.append(f"row {r['row']}: {a} vs reference {b} (tolerance {tolerance:g})")
     return out

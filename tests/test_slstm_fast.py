@@ -20,7 +20,8 @@ from ride.slstm import SLSTMStack, SpatialLSTM, resolve_impl
 
 FAST = ["fused", "fused_torch"]
 SHAPES = [(1, 1), (1, 7), (6, 1), (3, 7), (7, 3), (5, 5), (2, 9)]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA cases carry the `cuda` marker: `pytest -m cuda` runs every CUDA test of the suite.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])]
 
 
 def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.5) -> torch.nn.Module:
@@ -447,3 +448,39 @@ def test_mcgsm_log_prob_routes_through_the_fused_kernel_on_cpu(monkeypatch):
     plain = mcgsm.log_prob(h, y)
     assert not calls
     assert torch.allclose(fused, plain, atol=2e-5)
+
+
+_TRITON_CHECK = r"""
+import torch
+import ride.kernels.fused_slstm as fs
+from ride.slstm import SLSTMStack
+fs._CHUNK_ROWS = 24  # several backward chunks even at this size
+torch.manual_seed(0)
+worst = 0.0
+for ext in (False, True):
+    for shape in [(1, 1), (1, 6), (5, 1), (3, 6), (6, 3)]:
+        st = SLSTMStack(3, 5, 2, ext).double()
+        x = torch.randn(4, *shape, 3, dtype=torch.float64)
+        w = torch.randn(4, *shape, 5, dtype=torch.float64)
+        res = {}
+        for impl in ("reference", "fused_triton"):
+            st.zero_grad()
+            xi = x.clone().requires_grad_(True)
+            out = st(xi, impl=impl)
+            (out * w).sum().backward()
+            res[impl] = [out.detach(), xi.grad] + [p.grad.clone() for p in st.parameters()]
+        worst = max(worst, max((a - b).abs().max().item() for a, b in zip(res["reference"], res["fused_triton"])))
+print(worst)
+"""
+
+
+def test_triton_sweeps_equal_the_reference_under_the_interpreter():
+    """The CUDA default's Triton kernels, run by Triton's CPU interpreter (needs `triton` installed)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-12

@@ -5,9 +5,11 @@ import copy
 import csv
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ride import experiments as E
@@ -15,6 +17,7 @@ from ride import figures
 from ride import tables as T
 from ride.cli import main as ride_main
 from ride.neighborhood import Neighborhood
+from ride.statistics import paired_difference_of_results, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {
@@ -31,13 +34,30 @@ PAPER = {
 
 @pytest.fixture()
 def config():
-    return E.load_config(ROOT / "config" / "config.yaml")
+    # The tests below build rows shifted from the paper's values by a constant: they exercise the
+    # gain rule; test_paper_scale_judges_values_when_calibrated covers `paper_judges: value`.
+    config = E.load_config(ROOT / "config" / "config.yaml")
+    config["tables"]["table3"]["verdict"]["paper_judges"] = "gain"
+    return config
 
 
-def fake_eval(bits, sem=0.01, device="cpu:test (1 threads)", wall=12.0, ensemble=False):
-    return {
-        "bits_per_pixel": bits,
-        "sem": sem,
+STD = 0.3  # the fake test set's pixel std: Z-scored rates are raw + log2(0.3) = raw - 1.737 bit/px
+IMAGE_EFFECT = np.repeat(np.linspace(-0.5, 0.5, 10), 4)  # 40 tiles of 10 images, shared by every row
+
+
+def fake_eval(bits, device="cpu:test (1 threads)", wall=12.0, ensemble=False, noise=0.0, seed=0, legacy=False):
+    """An eval.json of ``ride evaluate``: 40 tiles of 10 images whose mean rate is exactly ``bits``.
+    Every row shares the images' effects; ``noise`` adds the row's own per-tile scatter (zero mean),
+    which is what a paired difference of two rows measures. ``legacy``: the old format (mean and
+    tile-level SEM only, no per-tile rates, no Z-scored rate)."""
+    scatter = np.random.default_rng(seed).normal(0.0, noise, IMAGE_EFFECT.size) if noise else np.zeros(IMAGE_EFFECT.size)
+    rates = bits + IMAGE_EFFECT + scatter - scatter.mean()
+    image = np.repeat(np.arange(10), 4)
+    doc = {
+        "bits_per_pixel": float(rates.mean()),
+        **(summarize(rates, image) if math.isfinite(bits) else {"sem": math.nan, "sem_images": math.nan}),
+        "tile_rates": rates.tolist(),
+        "tile_image": image.tolist(),
         "num_pixels": 1000,
         "num_tiles": 40,
         "ensemble": ensemble,
@@ -45,6 +65,12 @@ def fake_eval(bits, sem=0.01, device="cpu:test (1 threads)", wall=12.0, ensemble
         "wall_time_s": wall,
         "provenance": {"git_commit": "abc123", "device": device, "command": "ride evaluate ...", "wall_time_s": wall},
     }
+    if legacy:
+        return {k: v for k, v in doc.items() if k not in ("tile_rates", "tile_image", "sem_images", "sem_clustered", "num_images")}
+    shift = math.log2(STD)
+    doc.update(bits_per_pixel_z=doc["bits_per_pixel"] + shift, tile_rates_z=(rates + shift).tolist(),
+               zscore={"mean": 0.5, "std": STD, "log2_jacobian": shift})
+    return doc
 
 
 def fake_train(wall=100.0, device="cpu:test (1 threads)"):
@@ -163,8 +189,24 @@ def test_paper_scale_all_within_tolerance(config):
             assert by[name]["gain_difference"] == pytest.approx(0.0, abs=1e-9)
     assert by["ride64_l1"]["paper_gain"] == pytest.approx(0.108)
     assert by["eoride128_l3"]["paper_gain"] == pytest.approx(0.207)
-    assert by["ride64_l1"]["difference"] == pytest.approx(2.0)
+    assert by["ride64_l1"]["difference"] == pytest.approx(2.0 + math.log2(STD))  # Z-scored ours - paper
     assert not T.failures(rows)
+
+
+def test_paper_scale_judges_values_when_calibrated(config):
+    config["tables"]["table3"]["verdict"]["paper_judges"] = "value"
+    z = -math.log2(STD)  # fake evals are Z-scored by log2(STD): raw = paper + z gives Z-scored = paper
+    # every row 0.08 above the paper: every gain equals the paper's, but every value is off
+    rows = rows_by_name(T.build_rows(config, "table3", "paper", evals_from(shifted(z + 0.08))))
+    for name in PAPER:
+        if name != "mcgsm32":
+            assert rows[name]["verdict"].startswith("MISS") and "off by 0.080 > 0.05" in rows[name]["verdict"]
+            assert rows[name]["gain_difference"] == pytest.approx(0.0, abs=1e-9)
+    # within 0.03 of the paper: within tolerance, also with the reference row pending
+    vals = shifted(z + 0.03)
+    config["pending"] = ["mcgsm32"]
+    rows = rows_by_name(T.build_rows(config, "table3", "paper", evals_from(vals)))
+    assert rows["ride64_l1"]["verdict"] == "within tolerance" and "|ours - paper|" in rows["ride64_l1"]["judged_by"]
 
 
 def test_paper_scale_gain_outside_tolerance_is_a_miss(config):
@@ -247,6 +289,137 @@ def test_smoke_scale_only_needs_finite_values(config):
 
 
 # ---------------------------------------------------------------------------------------------
+# paired order, Z-scored values, image-level SEM, older evals
+# ---------------------------------------------------------------------------------------------
+
+
+def order_evals(drop, noise, legacy=False):
+    """Paper-exact gains except ride64_l1_ext, ``drop`` bit/px below ride64_l1 (its gain then still
+    within the 0.05 tolerance); every row with per-tile scatter ``noise`` of its own."""
+    vals = shifted(2.0)
+    vals["ride64_l1_ext"] = vals["ride64_l1"] - drop
+    return {k: fake_eval(v, ensemble=k.startswith("eo"), noise=noise, seed=i, legacy=legacy)
+            for i, (k, v) in enumerate(vals.items())}
+
+
+def test_order_is_judged_by_the_paired_difference(config):
+    """0.03 bit/px below its predecessor (slack 0.01): a MISS only when the paired difference is
+    significant, d + z SEM < -slack; without per-tile rates the unpaired rule says MISS either way."""
+    z, slack = config["tables"]["table3"]["verdict"]["order_z"], config["tables"]["table3"]["verdict"]["order_slack"]
+    noisy = order_evals(0.03, noise=0.3)
+    paired = paired_difference_of_results(noisy["ride64_l1_ext"], noisy["ride64_l1"])
+    assert paired.mean == pytest.approx(-0.03) and paired.mean + z * paired.sem > -slack  # lower, not significantly
+    row = rows_by_name(T.build_rows(config, "table3", "paper", noisy))["ride64_l1_ext"]
+    assert row["verdict"] == "within tolerance", row
+    assert row["order_prev"] == "ride64_l1" and float(row["order_diff"]) == pytest.approx(-0.03, abs=1e-5)
+    assert float(row["order_diff_sem"]) == pytest.approx(paired.sem, rel=1e-5) and "paired" in row["judged_by"]
+
+    precise = order_evals(0.03, noise=0.01)
+    paired = paired_difference_of_results(precise["ride64_l1_ext"], precise["ride64_l1"])
+    assert paired.mean + z * paired.sem < -slack  # significantly lower
+    v = rows_by_name(T.build_rows(config, "table3", "paper", precise))["ride64_l1_ext"]["verdict"]
+    assert v.startswith("MISS: order") and "paired" in v and "below ride64_l1" in v
+
+    # older evals (no per-tile rates): the unpaired rule, said in the verdict
+    old = rows_by_name(T.build_rows(config, "table3", "paper", order_evals(0.03, noise=0.3, legacy=True)))
+    assert "MISS: order: -0.030 below ride64_l1 (unpaired" in old["ride64_l1_ext"]["verdict"]
+    assert old["ride64_l1_ext"]["order_prev"] == "ride64_l1" and old["ride64_l1_ext"]["order_diff"] == ""
+    # a small drop is no MISS under either rule
+    assert "order" not in rows_by_name(T.build_rows(config, "table3", "paper", order_evals(0.005, 0.01)))["ride64_l1_ext"]["verdict"]
+
+
+def test_check_rejudges_the_paired_order_from_the_csv_alone(tmp_path, config):
+    path = tmp_path / "table3.csv"
+    noisy = order_evals(0.03, noise=0.3)
+    T.write_csv(T.build_rows(config, "table3", "paper", noisy), path)
+    assert T.check_table(path, config)[0]
+    # the same difference with a tenth of its SEM, written into the CSV: the check now finds the MISS
+    rows = T.read_csv(path)
+    ext = next(r for r in rows if r["row"] == "ride64_l1_ext")
+    ext["order_diff_sem"] = f"{float(ext['order_diff_sem']) / 10:.6g}"
+    T.write_csv(rows, path)
+    ok, msgs = T.check_table(path, config)
+    assert not ok and "ride64_l1_ext" in msgs[0] and "paired" in msgs[0]
+    # without order_z in the config only the unpaired rule is left: 0.03 > slack is a MISS
+    unpaired = copy.deepcopy(config)
+    del unpaired["tables"]["table3"]["verdict"]["order_z"]
+    T.write_csv(T.build_rows(config, "table3", "paper", noisy), path)
+    ok, msgs = T.check_table(path, unpaired)
+    assert not ok and "unpaired" in msgs[0]
+
+
+def test_table3_shows_zscored_rates_and_the_image_sem(tmp_path, config):
+    evals, trains, _ = write_inputs(tmp_path, config, shifted())
+    md_path = tmp_path / "table3.md"
+    rows = rows_by_name(T.render_table(config, "table3", "paper", evals, trains, tmp_path / "table3.csv", md_path))
+    ev = json.loads(Path(evals["ride64_l2"]).read_text())
+    r = rows["ride64_l2"]
+    assert r["ours_bits_px"] == ev["bits_per_pixel_z"] != ev["bits_per_pixel"] and r["value_key"] == "bits_per_pixel_z"
+    assert r["log2_jacobian"] == pytest.approx(math.log2(STD))
+    assert r["sem"] == ev["sem_images"] and r["sem_key"] == "sem_images" and ev["sem_images"] > 2 * ev["sem"]
+    assert r["verdict"] == "within tolerance" and "unit" not in r["judged_by"]
+    md = md_path.read_text()
+    assert "Z-scored" in md and f"log2 Jacobian {math.log2(STD):+.4f} bit/px" in md and "added exactly" in md
+    assert "SEM over test images" in md and "`sem_images`" in md
+    assert "**Check:** all 7 judged row(s) pass." in md  # the paper-scale reference row is not judged itself
+
+
+def test_older_evals_fall_back_to_raw_rates_and_say_so(config):
+    legacy = {k: fake_eval(v, ensemble=k.startswith("eo"), legacy=True) for k, v in shifted(2.0).items()}
+    rows = rows_by_name(T.build_rows(config, "table3", "paper", legacy))
+    r = rows["ride64_l1"]
+    assert r["ours_bits_px"] == pytest.approx(PAPER["ride64_l1"] + 2.0) and r["value_key"] == "bits_per_pixel"
+    assert r["sem"] is None and r["sem_key"] is None  # no image-level SEM: none shown, not the tile one
+    assert "eval lacks bits_per_pixel_z" in r["column"] and "eval lacks bits_per_pixel_z" in r["judged_by"]
+    assert r["verdict"] == "within tolerance"  # all rows raw: gains are unchanged by the Z shift
+    # one older eval among Z-scored ones: that row is not judged, and no gain is taken across units
+    mixed = evals_from(shifted(2.0))
+    mixed["ride64_l2"] = legacy["ride64_l2"]
+    rows = rows_by_name(T.build_rows(config, "table3", "paper", mixed))
+    assert rows["ride64_l2"]["verdict"].startswith("not judged (value is bits_per_pixel, other rows bits_per_pixel_z")
+    assert rows["ride64_l2"]["ours_gain"] is None and rows["ride64_l3"]["verdict"] == "within tolerance"
+    mixed["mcgsm32"] = legacy["mcgsm32"]  # the reference itself in the other unit: no gain at all
+    rows = rows_by_name(T.build_rows(config, "table3", "paper", mixed))
+    assert rows["ride64_l1"]["ours_gain"] is None
+    assert rows["ride64_l1"]["verdict"] == "not judged (reference row mcgsm32 is in another unit)"
+
+
+def test_reference_comparison_takes_off_the_exact_zscore_shift(config):
+    raw = T.build_rows(config, "table3", "smoke", {k: fake_eval(v, legacy=True) for k, v in shifted(0.0).items()})
+    zs = T.build_rows(config, "table3", "smoke", evals_from(shifted(0.0)))
+    assert not T.compare_to_reference(zs, raw, 0.001)
+    for r in zs:
+        if r["status"] == "ours":
+            r["log2_jacobian"] += 0.01  # a wrong shift is caught
+    assert len(T.compare_to_reference(zs, raw, 0.001)) == len(PAPER)
+
+
+def test_all_pending_table_is_nothing_to_judge_not_a_pass(tmp_path, config, capsys):
+    config["pending"] = list(PAPER)
+    out = tmp_path / "paper"
+    rows = T.render_table(config, "table3", "paper", {}, {}, out / "table3.csv", out / "table3.md")
+    md = (out / "table3.md").read_text()
+    assert "**Check:** nothing to judge: all 8 rows pending." in md and "all rows pass" not in md
+    assert T.check_line(rows) == "nothing to judge: all 8 rows pending"
+    assert T.check_table(out / "table3.csv", config) == (False, ["nothing to judge: all 8 rows pending"])
+    capsys.readouterr()
+    assert ride_main(["table", "check", "--config", str(ROOT / "config" / "config.yaml"), str(out / "table3.csv")]) == 1
+    assert "scale paper: nothing to judge: all 8 rows pending" in capsys.readouterr().err
+    # the reference row alone (e.g. the calibration row) judges nothing either ...
+    config["pending"] = [v for v in PAPER if v != "mcgsm32"]
+    evals, trains, _ = write_inputs(tmp_path, config, {"mcgsm32": 3.0})
+    rows = T.render_table(config, "table3", "paper", evals, trains, out / "table3.csv", out / "table3.md")
+    assert T.check_line(rows) == "nothing to judge: none of 8 rows judged (7 pending, 1 not judged)"
+    assert T.check_table(out / "table3.csv", config)[0] is False
+    # ... one row judged against it is enough to pass
+    config["pending"] = [v for v in PAPER if v not in ("mcgsm32", "ride64_l1")]
+    evals, trains, _ = write_inputs(tmp_path, config, {"mcgsm32": 3.0, "ride64_l1": 3.108})
+    T.render_table(config, "table3", "paper", evals, trains, out / "table3.csv", out / "table3.md")
+    assert T.check_table(out / "table3.csv", config) == (True, [])
+    assert "**Check:** all 1 judged row(s) pass." in (out / "table3.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
 # files and the check command
 # ---------------------------------------------------------------------------------------------
 
@@ -286,7 +459,10 @@ def test_render_writes_csv_markdown_html_and_provenance(tmp_path, config):
         assert r["scale"] == "paper"
         if r["status"] == "ours":
             assert r["device"] == "cpu:test (1 threads)"
-            assert float(r["ours_bits_px"]) > 0 and float(r["sem"]) == pytest.approx(0.01)
+            ev = json.loads(Path(evals[r["row"]]).read_text())
+            assert float(r["ours_bits_px"]) == pytest.approx(ev["bits_per_pixel_z"], abs=1e-4)  # the Z-scored rate
+            assert float(r["sem"]) == pytest.approx(ev["sem_images"], abs=1e-4) and r["sem_key"] == "sem_images"
+            assert ev["sem_images"] != pytest.approx(ev["sem"], abs=1e-3)  # not the tile-level SEM
             assert float(r["wall_time_s"]) > 0
     eo = next(r for r in read if r["row"] == "eoride128_l3")
     assert float(eo["train_wall_s"]) == pytest.approx(100.0)  # the ensemble's model was trained for ride128_l3
@@ -302,7 +478,7 @@ def test_render_writes_csv_markdown_html_and_provenance(tmp_path, config):
     assert "<table" in (out / "table3.html").read_text()
     # read_csv round trip
     back = T.read_csv(out / "table3.csv")
-    assert back[3]["ours_bits_px"] == pytest.approx(PAPER["ride64_l1"] + 2.0, abs=1e-4)
+    assert back[3]["ours_bits_px"] == pytest.approx(PAPER["ride64_l1"] + 2.0 + math.log2(STD), abs=1e-4)
 
 
 def test_check_command_exit_codes(tmp_path, config, capsys):

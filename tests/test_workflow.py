@@ -398,6 +398,9 @@ def test_check_committed_judges_the_committed_tables_in_seconds(tmp_path):
     assert not (work / "runs").exists() and not (work / "datasets").exists(), out[-3000:]
     all_pass = all(ok for ok, _ in verdicts.values()) and all(judged.values())
     assert (res.returncode == 0) == all_pass, out[-3000:]
+    for scale, is_judged in judged.items():
+        if not is_judged:  # an all-pending table (results/paper/) is named, and is no pass
+            assert f"results/{scale}/table3.csv: scale {scale}: nothing to judge" in out, out[-3000:]
     for scale, (ok, msgs) in verdicts.items():
         assert f"results/{scale}/table3.csv: scale {scale}" in out
         for msg in msgs:

@@ -25,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from .build import c_kernels, gemm_args
+from . import triton_slstm
+from .build import c_kernels, gemm_args, use_c_kernels
 
 # Image groups (opt-in): the batch is split into G groups whose sweeps run concurrently in a
 # small thread pool, each single-threaded (torch ops and the C kernels release the GIL), instead
@@ -78,7 +79,7 @@ class FusedSLSTM(torch.autograd.Function):
     (G image groups of M images, see ``ride.slstm.to_diagonal``)."""
 
     @staticmethod
-    def forward(ctx, xd, weight_in, weight_rec, bias, plan, extended, use_c):  # type: ignore[override]
+    def forward(ctx, xd, weight_in, weight_rec, bias, plan, extended, mode):  # type: ignore[override]
         groups, num_pix, per, size_in = xd.shape
         h = weight_rec.shape[0] // 5
         # GEMM inputs y = [x, h_left, h_up(, c_left, c_up)] of every pixel, diagonal-major. Per
@@ -91,14 +92,14 @@ class FusedSLSTM(torch.autograd.Function):
         gates = xd.new_empty(groups, num_pix, per, 5 * h)
         cells = xd.new_empty(groups, num_pix, per, h)
         hidden = xd.new_empty(groups, num_pix, per, h)
-        sweep = _fused_forward_c if use_c else _fused_forward_torch
+        sweep = _FORWARD[mode]
 
         def run(g: int) -> None:
             sweep(plan, inputs[g], size_in, weight, bias, gates[g], cells[g], hidden[g], h, extended)
 
         run_groups(run, groups)
         ctx.save_for_backward(weight_in, weight_rec, inputs, gates, cells, hidden)
-        ctx.plan, ctx.extended, ctx.use_c = plan, extended, use_c
+        ctx.plan, ctx.extended, ctx.mode = plan, extended, mode
         return hidden
 
     @staticmethod
@@ -113,7 +114,7 @@ class FusedSLSTM(torch.autograd.Function):
         grad_x = inputs.new_empty(groups, num_pix, per, size_in) if needs[0] else None
         grad_w = [inputs.new_zeros(5 * h, inputs.shape[3]) for _ in range(groups)] if needs[1] or needs[2] else None
         grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
-        sweep = _fused_backward_c if ctx.use_c else _fused_backward_torch
+        sweep = _BACKWARD[ctx.mode]
 
         def run(g: int) -> None:
             def flush(p0: int, p1: int, dz: torch.Tensor) -> None:
@@ -405,3 +406,28 @@ def _fused_backward_torch(plan, gates, cells, hidden, grad_hidden, weight_rec, h
     return dbias
 
 
+
+
+def _triton_backward(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    return triton_slstm.backward_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush,
+                                       _chunks(plan, gates.shape[1]))
+
+
+# Sweep modes: "c" (CPU kernels), "triton" (one Triton kernel per diagonal, CUDA), "torch" (any device).
+_FORWARD = {"c": _fused_forward_c, "torch": _fused_forward_torch, "triton": triton_slstm.forward_sweep}
+_BACKWARD = {"c": _fused_backward_c, "torch": _fused_backward_torch, "triton": _triton_backward}
+
+
+def sweep_mode(x: torch.Tensor, impl: str) -> str:
+    """The sweep of ``impl`` ("fused", "fused_torch", "fused_triton") for tensors like ``x``."""
+    if impl == "fused_torch":
+        return "torch"
+    if impl == "fused_triton":
+        if not triton_slstm.triton_available(x.device):
+            raise RuntimeError(
+                f"impl='fused_triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1 on the CPU); got {x.device}"
+            )
+        return "triton"
+    if use_c_kernels(x):
+        return "c"
+    return "triton" if x.device.type == "cuda" and triton_slstm.triton_available(x.device) else "torch"
