@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_texture_command(sub)  # ride texture {standin,train,figure3,figure4}
     __import__("ride.patch_experiment").patch_experiment.add_command(sub)  # ride patch {train,evaluate}
+    from .curves import add_command as add_curve_command
+
+    add_curve_command(sub)  # ride curve {run,plot}
     return parser
 
 

@@ -137,3 +137,17 @@ def load_attrs(path: str | os.PathLike) -> dict[str, Any]:
             return {key: value.item() if isinstance(value, np.generic) else value for key, value in fh.attrs.items()}
     except OSError as err:
         raise DataError(f"{path}: not a readable HDF5 file ({err}); rebuild or re-download it") from err
+
+
+def write_csv_rows(path: str | os.PathLike, rows: Any, columns: Any) -> None:
+    """Write ``rows`` (mappings) as a CSV with ``columns`` (missing keys empty), atomically."""
+    import csv
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(columns))
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k) for k in columns})
+
+    atomic_write(path, write)

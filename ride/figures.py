@@ -51,14 +51,9 @@ def figure_rows(
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k) for k in COLUMNS})
+    from .data import write_csv_rows
 
-    atomic_write(path, write)
+    write_csv_rows(path, rows, COLUMNS)
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:

@@ -10,7 +10,10 @@ fits one of three models, named by ``model.kind`` in the config:
 Without ``--valid`` a random ``valid_fraction`` of the training patches is held out for early
 stopping. Patch sets are DC-removed n x n (``n^2 - 1`` coordinates, Table 1) or raw n x n
 (``n^2``, Table 2's 16x16; PatchMCGSM only). It writes ``model.pt`` (:func:`ride.checkpoint.save_verified`, kind ``patch-model``)
-and ``train.json`` (the fit's records and provenance).
+and ``train.json`` (the fit's records and provenance). ``--seed`` overrides ``train.seed`` (the
+held-out split, the initialisation and the fit's draws; recorded in the provenance). PatchRIDE
+writes ``checkpoint.pt`` as it trains (every ``train.checkpoint_every`` batches and after each
+epoch); ``--resume`` continues it exactly as ``ride train --resume`` does, ``--restart`` discards it.
 
 ``ride patch evaluate --model DIR/model.pt --data patches_test.h5 [--ensemble] [--dc-model dc.pt]
 --out eval.json`` reports the 63-dim average log-likelihood in nats per patch with its SEM over
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_verified, save_verified
+from .checkpoint import check_resume_flags, load_verified, save_verified
 from .errors import ConfigError, DataError, EvaluationError
 from .mogsm import MoGSM
 from .patch_ensemble import PatchEnsemble
@@ -77,9 +80,10 @@ SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
             "whitening_samples": POSITIVE_INT,
             "lbfgs_iterations": {"type": "integer", "minimum": 0},
             "lbfgs_samples": POSITIVE_INT,
+            "checkpoint_every": POSITIVE_INT,
             **COMMON_TRAIN,
         }),
-        {},
+        {"checkpoint_every": 100},
     ),
 }
 
@@ -169,14 +173,27 @@ def build_model(kind: str, config: Mapping[str, Any]) -> nn.Module:
 
 def train_patch_model(
     config: Mapping[str, Any], data: str | Path, out_dir: str | Path, valid: str | Path | None = None,
-    device: str = "auto", progress: bool = False, source: str = "config",
+    device: str = "auto", progress: bool = False, source: str = "config", seed: int | None = None,
+    resume: bool = False, restart: bool = False,
 ) -> dict[str, Any]:
-    """Fit the model of ``config`` on a patch set and write ``model.pt`` and ``train.json`` to ``out_dir``."""
+    """Fit the model of ``config`` on a patch set and write ``model.pt`` and ``train.json`` to ``out_dir``.
+
+    ``seed`` overrides ``train.seed`` (the held-out split, the initialisation and every draw of
+    the fit). PatchRIDE keeps ``out_dir/checkpoint.pt`` while it trains: ``resume`` continues
+    it, ``restart`` discards it, and without either an existing one is an error (nothing is
+    overwritten); it is removed after success. The L-BFGS kinds have no checkpoint.
+    """
     from .data import atomic_write
     from .provenance import provenance, resolve_device
 
     start = time.perf_counter()
     kind, kwargs, opts = validate_patch_config(config, source)
+    if seed is not None:
+        if seed < 0:
+            raise ConfigError(f"--seed {seed}: a seed is a non-negative integer")
+        opts["seed"] = seed
+    checkpoint = Path(out_dir) / "checkpoint.pt"
+    check_resume_flags(checkpoint, resume, restart)
     dev = resolve_device(device)
     x, attrs = _values(data, kind)
     if valid is not None:
@@ -194,11 +211,15 @@ def train_patch_model(
     if kind != "mogsm" and held.shape[1] != x.shape[1]:
         raise DataError(f"{valid}: patches have {held.shape[1]} coordinates, the training set {x.shape[1]}; "
                         f"give the validation split of the same patch set")
+    if restart:
+        checkpoint.unlink(missing_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts["seed"])
     if kind == "patch_ride":
         model = PatchRIDE(size=patch_size_of(x.shape[1], data), **kwargs).to(dev)
         ride_opts = {k: v for k, v in opts.items() if k not in ("valid_fraction", "max_patches")}
-        history = fit_patch_ride(model, x, held, progress=progress, **ride_opts)
+        history = fit_patch_ride(model, x, held, progress=progress, checkpoint=checkpoint, resume=resume, **ride_opts)
     elif kind == "patch_mcgsm":
         model = PatchMCGSM(dim=x.shape[1], **kwargs).to(dev)
         history = model.fit(x, held, opts["max_iterations"], opts["check_every"], opts["patience"], progress=progress)
@@ -211,13 +232,13 @@ def train_patch_model(
         "data_attrs": {k: _plain(v) for k, v in attrs.items()},
         "history": history, "provenance": provenance(dev, opts["seed"], time.perf_counter() - start),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     save_verified(out / "model.pt", {"kind": kind, "config": model.config, "state_dict": state,
                                      "summary": summary}, "patch-model")
     text = json.dumps(summary, indent=2, default=float)
     atomic_write(out / "train.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+    # Done: a deliberate re-run (--forcerun, changed code) must train afresh, not reload this.
+    checkpoint.unlink(missing_ok=True)
     return summary
 
 
@@ -295,7 +316,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _read_config(args.config)
     validate_patch_config(config, args.config)  # before the data is read
     tune_malloc()
-    train_patch_model(config, args.data, args.out_dir, args.valid, args.device, not args.no_progress, args.config)
+    train_patch_model(config, args.data, args.out_dir, args.valid, args.device, not args.no_progress, args.config,
+                      args.seed, args.resume, args.restart)
     print(f"wrote {Path(args.out_dir) / 'model.pt'}")
     return 0
 
@@ -341,6 +363,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--data", required=True, help="patch-set HDF5 (`ride prepare`): dataset 'patches' N x 63, 'dc'")
     q.add_argument("--valid", help="held-out patch set for early stopping (default: valid_fraction of --data)")
     q.add_argument("--out-dir", required=True)
+    q.add_argument("--seed", type=int, default=None, help="overrides train.seed (held-out split, initialisation, draws)")
+    q.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt if present (patch_ride)")
+    q.add_argument("--restart", action="store_true", help="discard OUT_DIR/checkpoint.pt and train afresh")
     q.add_argument("--device", default="auto")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=cmd_train)

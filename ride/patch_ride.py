@@ -11,18 +11,22 @@ patch pixels before it (the padding is constant), so this is an exact log-densit
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoint import CheckpointMismatch, check_same_run, discard_checkpoint, load_verified, save_verified
+from .errors import CorruptFileError, TrainingError
 from .model import RIDE
 from .patch_rates import check_patches63, drop_pixel, patch_dim, rebuild_patch
-from .errors import TrainingError
 from .refine import fit_mcgsm_lbfgs
 from .train import stage_generator
 
@@ -114,43 +118,117 @@ def fit_patch_ride(
     lbfgs_samples: int = 1_000_000,
     seed: int = 0,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Train on 63-dim patches: one epoch of momentum SGD per learning rate (the paper's rate
     schedule of ride.train), each followed by an L-BFGS refinement of the MCGSM on fixed
     features with early stopping on ``valid`` (ride.refine.fit_mcgsm_lbfgs). Returns a record per epoch.
+
+    With ``checkpoint`` (a path), the state is written there (ride.checkpoint, kind
+    ``patch-checkpoint``) after the whitening, every ``checkpoint_every`` batches and after each
+    epoch's refinement; ``resume`` continues from it. Every random draw of an epoch comes from a
+    generator seeded by ``(seed, epoch)``, so a resumed fit retraces the uninterrupted one exactly.
+    A corrupt checkpoint, or one of other options, model or data (the differing field is named),
+    is discarded with a line on stderr and the fit starts afresh. The caller removes it after success.
     """
     check_patches63(train, model.size)
     check_patches63(valid, model.size)
-    if not learning_rates or min(learning_rates) <= 0 or batch_size < 1 or (max_patches is not None and max_patches < 1):
-        raise ValueError(f"fit_patch_ride needs positive learning rates, batch_size and max_patches, got "
-                         f"{list(learning_rates)}, {batch_size}, {max_patches}")
+    if (not learning_rates or min(learning_rates) <= 0 or batch_size < 1 or checkpoint_every < 1
+            or (max_patches is not None and max_patches < 1)):
+        raise ValueError(f"fit_patch_ride needs positive learning rates, batch_size, checkpoint_every and max_patches, "
+                         f"got {list(learning_rates)}, {batch_size}, {checkpoint_every}, {max_patches}")
     device = model.ride.mcgsm.predictors.device
-    model.fit_whitening(train, whitening_samples, stage_generator(seed, -1))
-    history = []
-    for epoch, lr in enumerate(learning_rates):
+    path = None if checkpoint is None else Path(checkpoint)
+    # What a checkpoint must have been written for to be resumed (checkpoint_every and progress
+    # do not change the result, so they may differ). No checkpoint: the data are not hashed.
+    digest = _digest if path is not None else lambda _: None
+    fingerprint = {
+        "options": ("train", {"learning_rates": [float(lr) for lr in learning_rates], "batch_size": batch_size,
+                              "momentum": momentum, "clip_grad_norm": clip_grad_norm, "max_patches": max_patches,
+                              "whitening_samples": whitening_samples, "lbfgs_iterations": lbfgs_iterations,
+                              "lbfgs_samples": lbfgs_samples, "seed": seed}),
+        "model_config": ("model", model.config),
+        "train_digest": ("data: the training patches", digest(train)),
+        "valid_digest": ("data: the validation patches", digest(valid)),
+    }
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "whitened": False, "last_loss": None}
+    history: list[dict[str, Any]] = []
+    optimizer_state = None
+    payload = _resumable(path, fingerprint, device) if resume and path is not None else None
+    if payload is not None:
+        model.load_state_dict(payload["model_state"])
+        state, history, optimizer_state = payload["state"], payload["history"], payload["optimizer_state"]
+        print(f"ride patch train: resuming from {path} (epoch {state['epoch'] + 1}, batch {state['batch']})",
+              file=sys.stderr)
+
+    def save(optimizer: torch.optim.Optimizer | None) -> None:
+        if path is not None:
+            save_verified(path, {**{k: v for k, (_, v) in fingerprint.items()}, "model_state": model.state_dict(),
+                                 "optimizer_state": None if optimizer is None else optimizer.state_dict(),
+                                 "state": dict(state), "history": history}, "patch-checkpoint")
+
+    if not state["whitened"]:
+        model.fit_whitening(train, whitening_samples, stage_generator(seed, -1))
+        state["whitened"] = True
+        save(None)
+    for epoch in range(state["epoch"], len(learning_rates)):
+        lr = learning_rates[epoch]
         gen = stage_generator(seed, epoch)
         order = torch.randperm(train.shape[0], generator=gen)[:max_patches]
+        num_batches = math.ceil(len(order) / batch_size)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        losses = []
+        if optimizer_state is not None:  # the momentum of the interrupted epoch
+            optimizer.load_state_dict(optimizer_state)
+            optimizer_state = None
         model.train()
-        for start in tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1} lr {lr:g}", disable=not progress):
-            batch = train[order[start : start + batch_size]].to(device)
+        for b in tqdm(range(state["batch"], num_batches), initial=state["batch"], total=num_batches,
+                      desc=f"epoch {epoch + 1} lr {lr:g}", disable=not progress):
+            batch = train[order[b * batch_size : (b + 1) * batch_size]].to(device)
             optimizer.zero_grad()
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) in epoch {epoch + 1} (lr {lr:g}), batch "
-                                    f"{start // batch_size + 1}; lower this learning rate or set clip_grad_norm")
+                                    f"{b + 1}; lower this learning rate or set clip_grad_norm and train afresh (--restart)")
             loss.backward()
             if clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
-            losses.append(loss.item())
+            state["batch"], state["last_loss"] = b + 1, loss.item()
+            if state["batch"] % checkpoint_every == 0:
+                save(optimizer)
+        # ``gen`` continues after the epoch's permutation: the same draws after a resume.
         refine = _refine_mcgsm(model, train, valid, lbfgs_iterations, lbfgs_samples, gen, device)
-        record = {"epoch": epoch + 1, "lr": lr, "batches": len(losses), "train_nll_last": losses[-1], **refine}
+        record = {"epoch": epoch + 1, "lr": lr, "batches": num_batches, "train_nll_last": state["last_loss"], **refine}
         history.append(record)
+        state.update(epoch=epoch + 1, batch=0, last_loss=None)
+        save(None)
         if progress:
             print(f"fit_patch_ride: {record}", file=sys.stderr)
     return history
+
+
+def _digest(x: torch.Tensor) -> str:
+    """sha256 of a tensor's values (with its shape and dtype), so a checkpoint is never resumed on other data."""
+    head = f"{tuple(x.shape)} {x.dtype}".encode()
+    return hashlib.sha256(head + x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _resumable(path: Path, fingerprint: dict[str, tuple[str, Any]], device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` to resume from, or None: absent, corrupt or of another run (both discarded)."""
+    if not path.exists():
+        return None
+    try:
+        payload = load_verified(path, "patch-checkpoint", device)
+        check_same_run(path, payload, fingerprint)
+    except CorruptFileError as err:
+        discard_checkpoint(path, "ride patch train", err, warning=True)
+        return None
+    except CheckpointMismatch as err:
+        discard_checkpoint(path, "ride patch train", err)
+        return None
+    return payload
 
 
 @torch.no_grad()

@@ -24,9 +24,11 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_verified, save_verified
+from .checkpoint import (  # CheckpointMismatch is re-exported: callers catch it from here
+    CheckpointMismatch, check_resume_flags, check_same_run, discard_checkpoint, load_verified, save_verified,
+)
 from .data import atomic_write, load_images
-from .errors import ConfigError, CorruptFileError, TrainingError
+from .errors import CorruptFileError, TrainingError
 from .model import RIDE
 from .provenance import provenance, resolve_device
 from .refine import _mean_nll, fit_mcgsm_lbfgs
@@ -36,22 +38,6 @@ from .train_config import TrainConfig, validate_config
 
 class _Diverged(Exception):
     """A non-finite or diverged loss; :meth:`Trainer.run` restores the last checkpoint with a lower rate."""
-
-
-class CheckpointMismatch(TrainingError):
-    """``checkpoint.pt`` was written for another training config, model or data set."""
-
-
-def _difference(key: str, theirs: Any, mine: Any) -> str:
-    """Which field of a checkpoint's ``key`` differs from this run's, e.g. ``train config lr: 1 -> 2``."""
-    what = {"train_config": "train config", "requested_model_config": "model", "data_digest": "data"}[key]
-    if key == "data_digest":
-        return "data: the training images differ (sha256 of the pixels)"
-    if not isinstance(theirs, dict):
-        return f"{what}: {theirs!r} -> {mine!r}"
-    fields_ = sorted(set(theirs) | set(mine), key=str)
-    diffs = [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in fields_ if theirs.get(k) != mine.get(k)]
-    return f"{what} " + ", ".join(diffs)
 
 
 def gaussian_nll(white_targets: torch.Tensor) -> float:
@@ -114,13 +100,16 @@ class Trainer:
         progress: bool = True,
         callback: Callable[[dict[str, Any]], None] | None = None,
         data_name: str = "the training images",
+        on_stage: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.model_config = dict(model_config)
         self.config = train_config
         self.out_dir = Path(out_dir)
         self.device = resolve_device(device)
         self.progress = progress
-        self.callback = callback
+        self.callback = callback  # after every SGD step, with the state
+        # At a stage's "start" (also after a restore), "sgd_end" and "refined" (after L-BFGS): ride.curves
+        self.on_stage = on_stage
         images = images[: train_config.max_images] if train_config.max_images else images
         num_valid = max(1, int(round(len(images) * train_config.valid_fraction)))
         if len(images) - num_valid < 1:
@@ -189,12 +178,11 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         payload = load_verified(self.checkpoint_path, "checkpoint", self.device)
-        for key, mine in [("train_config", asdict(self.config)), ("requested_model_config", self.requested_model_config),
-                          ("data_digest", self.data_digest)]:
-            if payload.get(key) != mine:
-                raise CheckpointMismatch(
-                    f"{self.checkpoint_path} was written for another run ({_difference(key, payload.get(key), mine)})"
-                )
+        check_same_run(self.checkpoint_path, payload, {
+            "train_config": ("train config", asdict(self.config)),
+            "requested_model_config": ("model", self.requested_model_config),
+            "data_digest": ("data: the training images", self.data_digest),
+        })
         self.model = RIDE(**payload["model_config"]).to(self.device)
         self.model.load_state_dict(payload["model_state"])
         self.state = payload["state"]
@@ -273,8 +261,7 @@ class Trainer:
             except CorruptFileError as err:
                 # A damaged checkpoint cannot be resumed; dropping it lets the same command (and a
                 # Snakemake re-run) succeed instead of failing on it forever.
-                print(f"ride train: warning: {err}; discarding it and training afresh", file=sys.stderr)
-                self.checkpoint_path.unlink()
+                discard_checkpoint(self.checkpoint_path, "ride train", err, warning=True)
         t0 = time.perf_counter() - self.elapsed
         if self.state["finished"]:
             if not (self.out_dir / "model.pt").exists() or not (self.out_dir / "train.json").exists():
@@ -317,6 +304,8 @@ class Trainer:
         per_epoch = max(1, patches.shape[0] // cfg.batch_size)
         num_batches = epochs * per_epoch
         gh, gw = self.model.neighborhood.grid_shape(patches.shape[1], patches.shape[2])
+        stage_info = {"stage": stage, "num_batches": num_batches, "patch": patch, "pixels_per_patch": gh * gw}
+        self._notify("start", stage_info)
         bar = tqdm(
             total=num_batches, initial=self.state["batch"], desc=f"stage {stage + 1}/{len(cfg.stages)} patch {patch}",
             disable=not self.progress, dynamic_ncols=True, mininterval=2.0,
@@ -362,7 +351,9 @@ class Trainer:
             epochs_info.update(valid_nll_epochs=early["valid_nll"], best_epoch=early["best_epoch"],
                                epochs_run=len(early["valid_nll"]))
         self._stage_best = None
+        self._notify("sgd_end", stage_info)
         refine = self._refine_mcgsm(stage, patch)
+        self._notify("refined", stage_info)
         self.history.append({"stage": stage + 1, "patch": patch, "requested_patch": int(spec["patch"]), "lr": lr,
                              "batches": num_batches, **epochs_info,
                              "train_nll_first": losses[0] if losses else None,
@@ -370,6 +361,10 @@ class Trainer:
         self.state["stage"], self.state["batch"] = stage + 1, 0
         self.optimizer = None
         self.save_checkpoint()
+
+    def _notify(self, event: str, info: dict[str, Any]) -> None:
+        if self.on_stage is not None:
+            self.on_stage(event, {**info, "batch": self.state["batch"]})
 
     def epoch_patches(self, stage: int, patch: int, epoch: int) -> torch.Tensor:
         """The training patches of one epoch of a stage: grid offset, flips and order drawn per epoch."""
@@ -380,7 +375,8 @@ class Trainer:
             flip = torch.rand(patches.shape[0], generator=gen) < 0.5
             patches = torch.where(flip[:, None, None], patches.flip(-1), patches)
         patches = patches[torch.randperm(patches.shape[0], generator=gen)]
-        return patches[: cfg.max_patches] if cfg.max_patches else patches
+        cap = cfg.stages[stage].get("max_patches", cfg.max_patches)  # a stage's own cap (ride.curves budgets)
+        return patches[:cap] if cap else patches
 
     @torch.no_grad()
     def valid_nll(self, stage: int, patch: int, batch: int = 256) -> float:
@@ -468,14 +464,8 @@ def train(
     train_cfg = TrainConfig.from_dict(config["train"], source)
     if seed is not None:
         train_cfg.seed = seed
-    if resume and restart:
-        raise ConfigError("--resume and --restart exclude each other: continue the run, or discard it")
     checkpoint = Path(out_dir) / "checkpoint.pt"
-    if checkpoint.exists() and not (resume or restart):
-        raise ConfigError(
-            f"{checkpoint} holds an unfinished run: continue it with --resume, or discard it and train "
-            f"afresh with --restart"
-        )
+    check_resume_flags(checkpoint, resume, restart)
     resolve_device(device)
     images = torch.from_numpy(load_images(data))
     trainer = Trainer(config["model"], train_cfg, images, out_dir, device, progress, data_name=str(data))
@@ -486,8 +476,7 @@ def train(
     except CheckpointMismatch as err:
         # A re-run after the config, model or data changed (Snakemake re-runs the job): the old
         # checkpoint cannot be continued, so the run starts afresh; nothing was loaded from it.
-        print(f"ride train: {err}; discarding it and training afresh", file=sys.stderr)
-        checkpoint.unlink()
+        discard_checkpoint(checkpoint, "ride train", err)
         model = trainer.run()
     # Done: a deliberate re-run (--forcerun, changed code) must train afresh, not reload this.
     checkpoint.unlink(missing_ok=True)

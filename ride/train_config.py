@@ -49,7 +49,7 @@ TRAIN_SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["patch", "lr"],
                 "properties": {"patch": {"type": "integer", "minimum": 4}, "lr": {"type": "number", "exclusiveMinimum": 0},
-                               "epochs": POSITIVE_INT},
+                               "epochs": POSITIVE_INT, "max_patches": POSITIVE_INT},
             },
         },
         "batch_size": POSITIVE_INT,

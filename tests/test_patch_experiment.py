@@ -217,3 +217,154 @@ def test_raw_patches_rate_without_dc(tmp_path, capsys):
     rc = main(["patch", "evaluate", "--model", model_pt, "--data", str(tmp_path / "raw.h5"), "--ensemble",
                "--out", str(tmp_path / "x.json")])
     assert rc == 2 and "DC-removed" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --seed, and PatchRIDE's checkpoint: resume, mismatch, corruption, --restart
+
+RIDE_RESUME_CFG = {
+    "model": {"kind": "patch_ride", "nb_size": 3, "num_hidden": 2, "num_layers": 1, "num_components": 2,
+              "num_scales": 2, "num_features": 2},
+    # 2 epochs of 4 batches, a checkpoint every 2 batches and after each epoch's refinement.
+    "train": {"learning_rates": [0.1, 0.05], "batch_size": 50, "max_patches": 200, "lbfgs_iterations": 3,
+              "lbfgs_samples": 2000, "whitening_samples": 2000, "checkpoint_every": 2},
+}
+
+
+class _Interrupt(Exception):
+    """Stands for a killed job: raised from inside the fit, caught by nobody."""
+
+
+def _ride_train(data, out_dir: Path, *extra: str, valid: str = "test") -> int:
+    cfg = _config(out_dir.parent / f"{out_dir.name}.json", RIDE_RESUME_CFG)
+    return main(["patch", "train", "--config", cfg, "--data", str(data["train"]), "--valid", str(data[valid]),
+                 "--out-dir", str(out_dir), "--no-progress", "--device", "cpu", *extra])
+
+
+def _fitted(out_dir: Path) -> tuple[dict[str, torch.Tensor], list]:
+    """The trained parameters and the per-epoch records of a finished run."""
+    return (load_patch_model(out_dir / "model.pt").state_dict(),
+            json.loads((out_dir / "train.json").read_text())["history"])
+
+
+def _assert_same_fit(got, expected) -> None:
+    (state, history), (state_ref, history_ref) = got, expected
+    assert state.keys() == state_ref.keys()
+    for key, value in state_ref.items():
+        assert torch.equal(state[key], value), key  # bitwise: the resumed run retraces the uninterrupted one
+    assert history == history_ref
+
+
+def _count_calls(monkeypatch, target: str, stop_at: int | None = None) -> list[int]:
+    """Count calls of ``PatchRIDE.loss`` (one per batch) or of the epoch-end refinement, raising
+    :class:`_Interrupt` at call ``stop_at``."""
+    import ride.patch_ride as pr
+
+    owner, name = (pr.PatchRIDE, "loss") if target == "batch" else (pr, "_refine_mcgsm")
+    original, calls = getattr(owner, name), [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == stop_at:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def ride_runs(data, tmp_path_factory):
+    """Uninterrupted PatchRIDE fits: the config's seed (0) and ``--seed 3``."""
+    root = tmp_path_factory.mktemp("ride_runs")
+    assert _ride_train(data, root / "seed0") == 0
+    assert _ride_train(data, root / "seed3", "--seed", "3") == 0
+    return {0: _fitted(root / "seed0"), 3: _fitted(root / "seed3"), "root": root}
+
+
+def _interrupted(data, out_dir: Path, monkeypatch, target: str = "batch", stop_at: int = 3) -> None:
+    """A fit killed at call ``stop_at`` of ``target``; its checkpoint stays, no model is written."""
+    with monkeypatch.context() as patch:
+        _count_calls(patch, target, stop_at)
+        with pytest.raises(_Interrupt):
+            _ride_train(data, out_dir)
+    assert (out_dir / "checkpoint.pt").exists() and not (out_dir / "model.pt").exists()
+
+
+def test_seed_changes_the_fit_and_equal_seeds_reproduce_it(data, ride_runs, tmp_path):
+    assert _ride_train(data, tmp_path / "again", "--seed", "3") == 0
+    _assert_same_fit(_fitted(tmp_path / "again"), ride_runs[3])
+    state0, state3 = ride_runs[0][0], ride_runs[3][0]
+    assert any(not torch.equal(state0[k], state3[k]) for k in state0), "seeds 0 and 3 gave the same parameters"
+    summary = json.loads((tmp_path / "again" / "train.json").read_text())
+    assert summary["provenance"]["seed"] == 3 and summary["train"]["seed"] == 3
+    assert json.loads((ride_runs["root"] / "seed0" / "train.json").read_text())["provenance"]["seed"] == 0
+    assert not (tmp_path / "again" / "checkpoint.pt").exists()  # removed after success
+
+
+@pytest.mark.parametrize("target, stop_at, batches_after_resume", [
+    ("batch", 7, 2),   # epoch 2, batch 3: resumes from the checkpoint after its batch 2
+    ("refine", 1, 4),  # epoch 1's refinement: resumes after its last batch, redoes the refinement
+])
+def test_resume_after_an_interruption_retraces_the_uninterrupted_fit(
+        target, stop_at, batches_after_resume, data, ride_runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted(data, out, monkeypatch, target, stop_at)
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        batches = _count_calls(patch, "batch")
+        assert _ride_train(data, out, "--resume") == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert batches[0] == batches_after_resume  # continued, not trained afresh (8 batches)
+    _assert_same_fit(_fitted(out), ride_runs[0])
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("extra, valid, words", [
+    (["--seed", "3"], "test", ["train", "seed: 0 -> 3"]),
+    ([], "train", ["data: the validation patches differ"]),
+])
+def test_a_checkpoint_of_another_run_is_discarded_naming_the_field(
+        extra, valid, words, data, ride_runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted(data, out, monkeypatch)
+    capsys.readouterr()
+    assert _ride_train(data, out, "--resume", *extra, valid=valid) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint.pt was written for another run" in err and "discarding it and training afresh" in err, err
+    for word in words:
+        assert word in err, err
+    assert "resuming from" not in err and not (out / "checkpoint.pt").exists()
+    if extra:  # trained afresh with seed 3: exactly the uninterrupted seed-3 fit
+        _assert_same_fit(_fitted(out), ride_runs[3])
+
+
+def test_a_corrupt_checkpoint_is_discarded_with_a_warning(data, ride_runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted(data, out, monkeypatch)
+    blob = bytearray((out / "checkpoint.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (out / "checkpoint.pt").write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert _ride_train(data, out, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "corrupt" in err and "training afresh" in err and "resuming" not in err, err
+    _assert_same_fit(_fitted(out), ride_runs[0])
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_an_unfinished_run_needs_resume_or_restart(data, ride_runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _interrupted(data, out, monkeypatch)
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    for extra, words in ((), ["checkpoint.pt", "--resume", "--restart"]), (("--resume", "--restart"), ["exclude"]), \
+            (("--seed", "-1"), ["--seed -1", "non-negative"]):
+        assert _ride_train(data, out, *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and all(w in err for w in words), err
+        assert (out / "checkpoint.pt").read_bytes() == before  # nothing overwritten
+    assert _ride_train(data, out, "--restart") == 0
+    assert "resuming" not in capsys.readouterr().err
+    _assert_same_fit(_fitted(out), ride_runs[0])
+    assert not (out / "checkpoint.pt").exists()

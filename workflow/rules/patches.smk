@@ -51,7 +51,9 @@ rule patch_dc_config:
 
 
 rule patch_train:
-    """Fit one patch model on the training patches (early stopping on the validation split)."""
+    """Fit one patch model on the training patches (early stopping on the validation split), with
+    the run's train_seed as `ride train` gets it. As for `train`, checkpoint.pt (PatchRIDE only) is
+    not an output: an interrupted job keeps it and --resume continues it when the DAG is run again."""
     input:
         data=table_dataset("train", kind="patches"),
         checksum=table_dataset("train", ".sha256", kind="patches"),
@@ -66,6 +68,7 @@ rule patch_train:
         out_dir=lambda wc: E.run_dir(wc.scale, wc.table, wc.variant),
         valid=lambda wc: E.patch_train_args(config, wc.scale, wc.table),
         device=config["device"],
+        seed=config["train_seed"],
     log:
         "logs/{scale}/{table}/train/{variant}.log",
     benchmark:
@@ -79,7 +82,7 @@ rule patch_train:
     shell:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
         " ride patch train --config {input.cfg} --data {input.data} {params.valid} --out-dir {params.out_dir}"
-        " --device {params.device} --no-progress > {log} 2>&1"
+        " --resume --device {params.device} --seed {params.seed} --no-progress >> {log} 2>&1"
 
 
 use rule patch_train as patch_dc_train with:
@@ -97,6 +100,7 @@ use rule patch_train as patch_dc_train with:
         out_dir=lambda wc: E.run_dir(wc.scale, wc.table, "_dc"),
         valid=lambda wc: E.patch_train_args(config, wc.scale, wc.table),
         device=config["device"],
+        seed=config["train_seed"],
     log:
         "logs/{scale}/{table}/train/_dc.log",
     benchmark:
