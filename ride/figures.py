@@ -18,7 +18,8 @@ from . import experiments as E
 from .data import atomic_write
 from .neighborhood import Neighborhood
 
-COLUMNS = ("model", "label", "nb_size", "num_inputs", "bits_per_px", "sem", "scale", "variant", "device", "num_tiles")
+COLUMNS = ("model", "label", "nb_size", "num_inputs", "bits_per_px", "sem", "value_key", "scale", "variant", "device",
+           "num_tiles")
 
 
 def figure_rows(
@@ -38,8 +39,10 @@ def figure_rows(
                 "label": E.variant_spec(config, table, base)["label"],
                 "nb_size": nb,
                 "num_inputs": Neighborhood(nb).dim,
-                "bits_per_px": ev.get("bits_per_pixel"),
-                "sem": ev.get("sem"),
+                # As Table 3: Z-scored rates where the data carry their std, SEM over test images.
+                "bits_per_px": ev.get("bits_per_pixel_z", ev.get("bits_per_pixel")),
+                "sem": ev.get("sem_images", ev.get("sem")),
+                "value_key": "bits_per_pixel_z" if "bits_per_pixel_z" in ev else "bits_per_pixel",
                 "scale": scale,
                 "variant": name,
                 "device": (ev.get("provenance") or {}).get("device", ""),
@@ -83,7 +86,8 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str, scale:
         e = [float(r["sem"]) if r.get("sem") not in (None, "") else 0.0 for r in pts]
         ax.errorbar(x, y, yerr=e, label=f"{kind} ({pts[0]['label']})", capsize=3, **styles[kind])
     ax.set_xlabel("neighbourhood width n")
-    ax.set_ylabel("log-likelihood [bit/px]")
+    zscored = bool(rows) and all(r.get("value_key") == "bits_per_pixel_z" for r in rows)
+    ax.set_ylabel("log-likelihood [bit/px" + (", Z-scored]" if zscored else "]"))
     ax.set_title(f"{title} ({scale} scale)")
     widths = sorted({r["nb_size"] for r in rows})
     if widths:

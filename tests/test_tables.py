@@ -539,6 +539,9 @@ def test_figure2_files(tmp_path, config):
         evals[name] = str(p)
     rows = figures.render_figure(config, "figure2", "quick", evals, tmp_path / "figure2.csv", tmp_path / "figure2.png")
     assert len(rows) == 8 and {r["model"] for r in rows} == {"MCGSM", "RIDE"}
+    first = json.loads(Path(evals[rows[0]["variant"]]).read_text())  # as Table 3: Z-scored, SEM over images
+    assert rows[0]["bits_per_px"] == first["bits_per_pixel_z"] != first["bits_per_pixel"]
+    assert rows[0]["sem"] == first["sem_images"] != first["sem"] and rows[0]["value_key"] == "bits_per_pixel_z"
     assert (tmp_path / "figure2.png").stat().st_size > 1000
     back = figures.read_csv(tmp_path / "figure2.csv")
     assert [r["nb_size"] for r in back if r["model"] == "RIDE"] == [3, 5, 7, 9]
