@@ -6,6 +6,7 @@
 | ``fused_slstm`` | the fused SLSTM autograd Function, its C and torch sweeps, image groups |
 | ``fused_mcgsm`` | the fused MCGSM autograd Function and :func:`mcgsm_log_prob` |
 | ``malloc`` | :func:`tune_malloc` (glibc settings for long jobs) |
+| ``triton_slstm``, ``triton_kernels`` | the fused SLSTM sweeps on CUDA: one Triton kernel per anti-diagonal and direction (Triton imported only where they run) |
 """
 from .build import blas_pointers, c_kernels, c_kernels_error, use_c_kernels
 from .fused_mcgsm import FusedMCGSM, mcgsm_log_prob
