@@ -280,6 +280,21 @@ def test_smoke_matches_committed_references(smoke_run):
 # ---------------------------------------------------------------------------------------------
 
 
+def _ctrl_c(proc: subprocess.Popen, marker: str) -> None:
+    """SIGINT to Snakemake's process group and to every process whose command line names
+    ``marker`` (its training job): what Ctrl-C in a terminal reaches, whichever process group
+    Snakemake starts its jobs in."""
+    os.killpg(proc.pid, signal.SIGINT)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                os.kill(int(entry.name), signal.SIGINT)
+        except (OSError, ValueError):
+            continue
+
+
 def _checkpoint_state(path: Path):
     from ride.checkpoint import load_verified
 
@@ -316,7 +331,7 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path):
                     break
             time.sleep(0.05)
         assert proc.poll() is None, "training finished before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        _ctrl_c(proc, "--out-dir runs/smoke/table3/ride64_l3")
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
