@@ -30,6 +30,8 @@ from .errors import ConfigError
 SCALES = ("smoke", "quick", "paper")
 DEFAULT_COLUMNS = {"rate": {"label": "bit/px", "value": "bits_per_pixel", "sem": "sem"}}
 MODEL_KEYS = ("nb_size", "num_hidden", "num_layers", "extended", "num_components", "num_scales", "num_features")
+#: ``pending: [all]``: every row we would build is pending (a paper-scale table without any data).
+PENDING_ALL = "all"
 FIGURE_SUFFIX = re.compile(r"^(?P<base>[a-z][a-z0-9_]*?)_nb(?P<nb>[0-9]+)$")
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = Path("config") / "config.yaml"
@@ -80,9 +82,11 @@ def validate_config(config: Config) -> None:
     for table in table_names(config):
         _validate_table(config, table)
     known = {v for t in table_names(config) for v in table_variants(config, t)}
+    if PENDING_ALL in known:
+        raise ConfigError(f"tables: a variant may not be named {PENDING_ALL!r} (the `pending` keyword); rename it")
     for name in config.get("pending", []):
-        if name not in known:
-            raise ConfigError(f"pending: unknown variant {name!r}; known: {sorted(known)}")
+        if name != PENDING_ALL and name not in known:
+            raise ConfigError(f"pending: unknown variant {name!r}; known: {PENDING_ALL!r} or {sorted(known)}")
     for figure, spec in (config.get("figures") or {}).items():
         if spec["table"] not in config["tables"]:
             raise ConfigError(f"figures.{figure}.table: unknown table {spec['table']!r}; known: {table_names(config)}")
@@ -147,6 +151,7 @@ def _validate_table(config: Config, table: str) -> None:
         if var.get("cited") and name in ordered:
             raise ConfigError(f"{here}.verdict.order: {name!r} is a cited row and cannot be ordered")
     _validate_patch_rows(config, table)
+    _validate_budget(config, table)
     for scale in SCALES:
         where = f"{here}.expectations.{scale}"
         exp = spec["expectations"][scale]
@@ -174,6 +179,18 @@ def _validate_table(config: Config, table: str) -> None:
                 raise ConfigError(f"scales.{scale}.train.stages: patch {stage['patch']} exceeds the image size of {table}")
         if sc["evaluate"]["tile"] > size:
             raise ConfigError(f"scales.{scale}.evaluate.tile: {sc['evaluate']['tile']} exceeds the image size of {table}")
+
+
+def _validate_budget(config: Config, table: str) -> None:
+    """The scale's ``train`` / ``baseline_train`` with the table's ``budget`` on top must be valid
+    `ride train` sections (patch kinds are checked with the patch rows)."""
+    from .train_config import validate_train_section
+
+    for scale, budget in (table_spec(config, table).get("budget") or {}).items():
+        for key in ("train", "baseline_train"):
+            if key in (budget or {}):
+                merged = {**scale_of(config, scale)[key], **budget[key]}
+                validate_train_section(merged, f"tables.{table}.budget.{scale}.{key} (over scales.{scale}.{key})")
 
 
 def _validate_patch_rows(config: Config, table: str) -> None:
@@ -308,8 +325,11 @@ def eval_source(config: Config, table: str, name: str) -> str:
 
 
 def pending_variants(config: Config, table: str) -> set[str]:
-    """``config.pending`` (of this table) plus every row that evaluates a pending row's model."""
+    """``config.pending`` (of this table) plus every row that evaluates a pending row's model;
+    with ``pending: [all]`` every row that is not cited."""
     names = table_variants(config, table)
+    if PENDING_ALL in config.get("pending", []):
+        return {v for v in names if not is_cited(config, table, v)}
     pending = {v for v in config.get("pending", []) if v in names}
     for name in names:
         if model_source(config, table, name) in pending:
@@ -321,6 +341,12 @@ def evaluated_variants(config: Config, table: str) -> list[str]:
     """Rows of ``table`` we evaluate (not cited, not pending)."""
     pending = pending_variants(config, table)
     return [v for v in table_variants(config, table) if not is_cited(config, table, v) and v not in pending]
+
+
+def table_needs_data(config: Config, table: str) -> bool:
+    """Whether rendering ``table`` reads anything: False when every row is pending or cited (then
+    it declares no data-set checksum and no DC model, so an all-pending table needs no download)."""
+    return bool(evaluated_variants(config, table))
 
 
 def trained_variants(config: Config, table: str) -> list[str]:
@@ -395,9 +421,16 @@ def train_config(config: Config, scale: str, table: str, name: str) -> dict[str,
     sc = scale_of(config, scale)
     baseline = model["num_layers"] == 0
     train = copy.deepcopy(sc["baseline_train"] if baseline else sc["train"])
+    train.update(copy.deepcopy(table_budget(config, scale, table, "baseline_train" if baseline else "train")))
     if baseline:
         train["stages"] = []
     return {"model": model, "train": train}
+
+
+def table_budget(config: Config, scale: str, table: str, key: str) -> dict[str, Any]:
+    """``tables.<table>.budget.<scale>.<key>``: this table's changes to the scale's training options
+    (``train``, ``baseline_train`` or a patch kind: ``patch_mcgsm``, ``patch_ride``, ``mogsm``)."""
+    return ((table_spec(config, table).get("budget") or {}).get(scale) or {}).get(key) or {}
 
 
 def patch_train_config(config: Config, scale: str, table: str, name: str) -> dict[str, Any]:
@@ -410,7 +443,7 @@ def patch_train_config(config: Config, scale: str, table: str, name: str) -> dic
     spec = variant_spec(config, table, src)
     if "patch_model" not in spec:
         raise ConfigError(f"variant {src!r} of {table} has no patch_model")
-    return _patch_document(config, scale, dict(spec["patch_model"]))
+    return _patch_document(config, scale, table, dict(spec["patch_model"]))
 
 
 def dc_train_config(config: Config, scale: str, table: str) -> dict[str, Any]:
@@ -418,10 +451,10 @@ def dc_train_config(config: Config, scale: str, table: str) -> dict[str, Any]:
     dc = table_spec(config, table).get("dc_model")
     if dc is None:
         raise ConfigError(f"tables.{table} has no dc_model")
-    return _patch_document(config, scale, {"kind": "mogsm", **dc})
+    return _patch_document(config, scale, table, {"kind": "mogsm", **dc})
 
 
-def _patch_document(config: Config, scale: str, model: dict[str, Any]) -> dict[str, Any]:
+def _patch_document(config: Config, scale: str, table: str, model: dict[str, Any]) -> dict[str, Any]:
     from .patch_experiment import SCHEMAS
 
     patch = scale_of(config, scale).get("patch") or {}
@@ -429,7 +462,9 @@ def _patch_document(config: Config, scale: str, model: dict[str, Any]) -> dict[s
     model.update({k: v for k, v in (patch.get("model") or {}).items() if k in allowed})
     if model.get("num_layers", 0) > 0 and "num_hidden" in model:
         model["num_hidden"] = max(1, int(model["num_hidden"]) // int(scale_of(config, scale).get("hidden_divisor", 1)))
-    return {"model": model, "train": copy.deepcopy((patch.get("train") or {}).get(model["kind"], {}))}
+    train = copy.deepcopy((patch.get("train") or {}).get(model["kind"], {}))
+    train.update(copy.deepcopy(table_budget(config, scale, table, model["kind"])))
+    return {"model": model, "train": train}
 
 
 def patch_valid_file(config: Config, scale: str, table: str) -> str | None:
@@ -498,7 +533,7 @@ def table_config(config: Config, scale: str, table: str) -> dict[str, Any]:
     dataset = table_dataset(config, table, scale)
     return {
         "scale": scale,
-        "pending": [v for v in config.get("pending", []) if v in spec["variants"]],
+        "pending": [v for v in config.get("pending", []) if v in spec["variants"] or v == PENDING_ALL],
         "datasets": {dataset: config["datasets"][dataset]} if dataset in config["datasets"] else {},
         "scales": {scale: scale_of(config, scale)},
         "tables": {table: spec},
@@ -530,6 +565,40 @@ def table_data_file(config: Config, scale: str, table: str, part: str, kind: str
 def run_dir(scale: str, table: str, variant: str) -> str:
     """``runs/<scale>/<table>/<variant>``: config.json, model.pt, train.json, eval.json."""
     return f"runs/{scale}/{table}/{variant}"
+
+
+def benchmark_file(scale: str, table: str, kind: str, variant: str) -> str:
+    """``logs/<scale>/<table>/benchmarks/<kind>_<variant>.tsv``: Snakemake's benchmark of a job."""
+    return f"logs/{scale}/{table}/benchmarks/{kind}_{variant}.tsv"
+
+
+def table_input_files(config: Config, scale: str, table: str) -> dict[str, str]:
+    """Everything ``rule table`` reads for ``table`` at ``scale``, keyed as workflow/scripts/table.py
+    picks them: ``eval_``/``model_`` per evaluated row, ``train_``/``bench_`` per trained row,
+    ``checksum_*`` of the data set (and patch sets) and the DC model where a row needs them.
+    With every row pending or cited nothing is read: no data set, no download."""
+    inputs: dict[str, str] = {}
+    evaluated = evaluated_variants(config, table)
+    for v in evaluated:
+        # A row showing another column of a row's evaluation (eval_of) reads that row's eval.json.
+        inputs[f"eval_{v}"] = f"{run_dir(scale, table, eval_source(config, table, v))}/eval.json"
+        # The model each row cites: a missing or replaced model.pt re-runs train -> evaluate -> table.
+        inputs[f"model_{v}"] = f"{run_dir(scale, table, model_source(config, table, v))}/model.pt"
+    for v in trained_variants(config, table):
+        inputs[f"train_{v}"] = f"{run_dir(scale, table, v)}/train.json"
+        inputs[f"bench_{v}"] = benchmark_file(scale, table, "train", v)
+    if not table_needs_data(config, table):
+        return inputs
+    for part in ("train", "test"):
+        inputs[f"checksum_{part}"] = f"{table_data_file(config, scale, table, part)}.sha256"
+    if any(is_patch_variant(config, table, v) for v in evaluated):
+        for part in ("train", "test"):
+            inputs[f"checksum_patches_{part}"] = f"{table_data_file(config, scale, table, part, 'patches')}.sha256"
+        dc = dc_model_file(config, scale, table)
+        if dc is not None:  # the DC model of the 64-dim rates
+            inputs["model__dc"] = dc
+            inputs["train__dc"] = f"{run_dir(scale, table, '_dc')}/train.json"
+    return inputs
 
 
 def result_file(scale: str, name: str, suffix: str) -> str:

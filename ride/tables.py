@@ -462,6 +462,8 @@ def provenance(
         "dataset": (E.dataset_params(config, scale, E.table_dataset(config, table, scale))
                     if E.table_dataset(config, table, scale) in config["datasets"] else E.table_dataset(config, table, scale)),
         "dataset_sha256": dict(datasets or {}),
+        # A table of pending and cited rows only reads no data set: say so rather than leave it blank.
+        **({} if datasets or evals else {"data_read": "none: every row is pending or cited"}),
         "variants": spec["variants"],
         "verdict": spec["verdict"],
         "pending": sorted(E.pending_variants(config, table)),

@@ -179,6 +179,31 @@ def test_photos_stand_in_is_labelled_and_follows_the_protocol(tmp_path):
         assert (again / name).read_bytes() == (tmp_path / name).read_bytes()
 
 
+def test_photos_log_stands_in_for_van_hateren_with_its_log_protocol(tmp_path):
+    """`photos_log`: van Hateren's ln(1 + I + U) on the photographs' grey levels, raw 16x16 patches,
+    train and test only, every file labelled as a stand-in for van Hateren."""
+    written = photos.prepare(tmp_path, {"train": 500, "test": 100}, seed=0, patch_size=16, protocol="vanhateren")
+    assert sorted(written) == ["images_test.h5", "images_train.h5", "patches_test.h5", "patches_train.h5"]
+    for name in written:
+        meta = attrs(tmp_path / name)
+        assert meta["dataset"] == "photos_log" and meta["stand_in"] and "NOT van Hateren" in meta["stand_in_for"]
+        assert meta["preprocessing"].startswith("van Hateren's transform") and "ln(1 + I + U)" in meta["preprocessing"]
+    images = load_images(tmp_path / "images_train.h5")
+    names = photos.SPLIT["train"] + photos.SPLIT["valid"]
+    assert images.shape == (len(names), 300, 384)
+    camera = photos.center_crop(np.asarray(Image.open(photos.photo_path("camera")).convert("L")), (300, 384))
+    noise = np.expm1(images[names.index("camera")].astype(np.float64)) - camera
+    assert noise.min() > -1e-4 and noise.max() < 1 + 1e-4 and 0.45 < noise.mean() < 0.55  # U[0, 1)
+    with h5py.File(tmp_path / "patches_train.h5", "r") as fh:
+        patches = fh["patches"][()]
+    assert patches.shape == (500, 256)  # raw: no DC removed, nothing dropped
+    windows = np.lib.stride_tricks.sliding_window_view(images, (16, 16), axis=(1, 2)).reshape(-1, 256)
+    assert (np.abs(windows - patches[0]).max(axis=1) == 0).any()  # a window of a training image
+    with pytest.raises(ValueError, match="not used by the vanhateren protocol"):
+        photos.prepare(tmp_path / "bad", {}, protocol="vanhateren", split={"train": ["camera"], "valid": ["coins"],
+                                                                          "test": ["moon"]})
+
+
 # --------------------------------------------------------------------------------------------
 # van Hateren
 # --------------------------------------------------------------------------------------------
@@ -268,6 +293,8 @@ def test_config_is_valid_and_names_the_papers_textures():
     assert cfg["bsds300"]["patches"]["paper"] == {"train": 1_600_000, "valid": 180_000, "test": 1_000_000}
     files = prepared_files(cfg, "smoke")
     assert all("bsds300" not in f for f in files["photos"])
+    assert "datasets/photos_log/smoke/patches_test.h5" in files["photos_log"]
+    assert all("vanhateren" not in f for f in files["photos_log"])
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -289,6 +316,7 @@ def test_schema_rejects_mistakes(mutate, message):
     (lambda c: c["vanhateren"]["images"]["paper"].update(test=50), "range holds 20"),
     (lambda c: c["photos"]["test"].append("lena"), "unknown photos"),
     (lambda c: c["photos"]["test"].append("camera"), "more than one split"),
+    (lambda c: c["photos_log"]["train"].append("lena"), "photos_log: unknown photos"),
     (lambda c: c["maf"].update(local="/nonexistent/BSDS300.hdf5"), "does not exist"),
 ])
 def test_cross_checks_name_the_key(mutate, message):

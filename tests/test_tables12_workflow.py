@@ -139,7 +139,8 @@ def test_paper_scale_pending_and_render(config, tmp_path):
 @pytest.mark.slow
 @needs_ride
 def test_smoke_tables_1_and_2_end_to_end(data_server, fake_sources, tmp_path):
-    """`snakemake results/smoke/table{1,2}.csv` on loopback data: every row finite, `ride table check` passes."""
+    """`snakemake results/smoke/table{1,2}.csv` on loopback data: every row finite, `ride table check`
+    passes, and the rows and columns are those of the committed smoke references."""
     from test_datasets_workflow import loopback_workflow
 
     loopback_workflow(tmp_path, data_server, fake_sources)
@@ -158,6 +159,14 @@ def test_smoke_tables_1_and_2_end_to_end(data_server, fake_sources, tmp_path):
                                capture_output=True, text=True, timeout=120)
         assert check.returncode == 0, check.stdout + check.stderr
         assert (tmp_path / target).with_suffix(".provenance.json").exists()
+        # The committed smoke reference has the same rows, columns and statuses (values mean nothing at smoke).
+        ref = ROOT / "tests" / "references" / "smoke" / f"{table}.csv"
+        regen = "regenerate with python workflow/scripts/smoke_references_tables12.py"
+        assert ref.exists(), f"{ref} missing; {regen}"
+        reference = T.read_csv(ref)
+        assert list(rows[0]) == list(reference[0]), f"{ref}: CSV columns differ from a fresh run; {regen}"
+        assert [(r["row"], r["column"], r["status"]) for r in rows] == \
+            [(r["row"], r["column"], r["status"]) for r in reference], f"{ref}: rows differ from a fresh run; {regen}"
     rows = {r["row"]: r for r in T.read_csv(tmp_path / targets[0])}
     assert rows["mcgsm128_63"]["column"] == "63 dim [nat]" and rows["mcgsm128_64"]["ours_bits_px"] is not None
     assert rows["eomcgsm128_63"]["ensemble"]

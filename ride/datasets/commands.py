@@ -57,7 +57,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from .photos import prepare
 
         split = {k: v for k, v in (("train", args.train), ("valid", args.valid), ("test", args.test)) if v}
-        written = prepare(args.out_dir, counts, args.seed, split or None, tuple(args.crop), args.patch_size)
+        written = prepare(args.out_dir, counts, args.seed, split or None, tuple(args.crop), args.patch_size,
+                          args.protocol)
     elif args.source_name == "vanhateren":
         from .vanhateren import prepare
 
@@ -113,6 +114,9 @@ def add_commands(sub: Any) -> None:
     q.add_argument("--test", nargs="*", default=None)
     q.add_argument("--crop", type=int, nargs=2, default=CROP, metavar=("H", "W"))
     q.add_argument("--patch-size", type=int, default=8)
+    q.add_argument("--protocol", choices=("bsds300", "vanhateren"), default="bsds300",
+                   help="bsds300: the BSDS300 stand-in `photos`; vanhateren: `photos_log`, van Hateren's "
+                        "ln(1 + I + U), raw patches, splits train and test")
     common(q)
     q = srcs.add_parser("vanhateren", help="van Hateren .iml images: log intensities and 16x16 patch sets")
     q.add_argument("--train", nargs="+", required=True, help=".iml files of the training set, in order")

@@ -68,27 +68,52 @@ def center_crop(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return image[top:top + h, left:left + w]
 
 
+# protocol -> (data set name, the real set it stands in for, its splits)
+PROTOCOLS = {
+    "bsds300": ("photos", "BSDS300", SPLITS),
+    "vanhateren": ("photos_log", "van Hateren", ("train", "test")),
+}
+
+
 def prepare(out_dir: str | os.PathLike, num_patches: dict[str, int], seed: int = 0,
             split: dict[str, list[str]] | None = None, crop: tuple[int, int] = CROP,
-            patch_size: int = 8) -> dict[str, str]:
-    """Write images_{train,valid,test}.h5 and patches_{...}.h5 of the stand-in."""
+            patch_size: int = 8, protocol: str = "bsds300") -> dict[str, str]:
+    """Write images_<split>.h5 and patches_<split>.h5 of the stand-in for ``protocol``'s data set.
+
+    ``bsds300``: ``photos``, splits train / valid / test, (I + U) / 256, 63-dim DC-removed patches.
+    ``vanhateren``: ``photos_log``, splits train / test, ln(1 + I + U), raw patches.
+    """
     from .bsds300 import PROTOCOL
     from .download import digests
+    from .vanhateren import TRANSFORM, log_intensity
 
-    split = split or SPLIT
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"photos: unknown protocol {protocol!r}; known: {sorted(PROTOCOLS)}")
+    dataset, real, splits = PROTOCOLS[protocol]
+    split = split or ({"train": SPLIT["train"] + SPLIT["valid"], "test": SPLIT["test"]}
+                      if protocol == "vanhateren" else SPLIT)
+    extra = sorted(set(split) - set(splits))
+    if extra:
+        raise ValueError(f"{dataset}: splits {extra} are not used by the {protocol} protocol (splits: {list(splits)})")
     written = {}
-    for name in SPLITS:
+    for name in splits:
         names = split.get(name, [])
         if not names:
-            raise ValueError(f"photos: the {name} split names no photo")
+            raise ValueError(f"{dataset}: the {name} split names no photo")
         paths = [photo_path(n) for n in names]
         key = SPLITS.index(name)
-        images = [dequantize(center_crop(load_gray(p), crop), image_rng(seed, key, j)) for j, p in enumerate(paths)]
-        attrs = {"dataset": "photos", "stand_in": True,
-                 "stand_in_for": "bsds300 (photographs shipped inside installed packages, NOT BSDS300)",
+        grays = [center_crop(load_gray(p), crop) for p in paths]
+        if protocol == "vanhateren":
+            images = [log_intensity(g, image_rng(seed, key, j)) for j, g in enumerate(grays)]
+            preprocessing = f"van Hateren's transform on 8-bit BT.601 grey levels I: {TRANSFORM.split(', I ')[0]}"
+        else:
+            images = [dequantize(g, image_rng(seed, key, j)) for j, g in enumerate(grays)]
+            preprocessing = PROTOCOL
+        attrs = {"dataset": dataset, "stand_in": True,
+                 "stand_in_for": f"{real.lower().replace(' ', '')} (photographs shipped inside installed packages, NOT {real})",
                  "source": ", ".join(f"{FILES[n][0]}:{FILES[n][1]}" for n in names),
                  "source_sha256": ", ".join(digests(p)[0] for p in paths), "source_verified": False,
-                 "preprocessing": f"{PROTOCOL}; central crop {crop[0]}x{crop[1]}", "levels": 256}
+                 "preprocessing": f"{preprocessing}; central crop {crop[0]}x{crop[1]}", "levels": 256}
         written.update(write_split(out_dir, name, images, names, tuple(crop), num_patches.get(name, 0),
-                                   patch_size, True, seed, attrs))
+                                   patch_size, protocol == "bsds300", seed, attrs))
     return written

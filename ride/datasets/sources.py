@@ -40,13 +40,15 @@ def check(cfg: Mapping[str, Any]) -> None:
         top, left, height, width = vh["crop"]
         if top + height > 1024 or left + width > 1536:
             raise SourceConfigError(f"data_sources.vanhateren.crop {vh['crop']} leaves the 1024x1536 frame")
-    photos = cfg["photos"]
-    named = photos["train"] + photos["valid"] + photos["test"]
-    unknown = sorted(set(named) - set(FILES))
-    if unknown:
-        raise SourceConfigError(f"data_sources.photos: unknown photos {unknown}; known: {sorted(FILES)}")
-    if len(set(named)) != len(named):
-        raise SourceConfigError("data_sources.photos: a photograph is named in more than one split")
+    for key in ("photos", "photos_log"):
+        if key not in cfg:
+            continue
+        named = [n for split in ("train", "valid", "test") for n in cfg[key].get(split, [])]
+        unknown = sorted(set(named) - set(FILES))
+        if unknown:
+            raise SourceConfigError(f"data_sources.{key}: unknown photos {unknown}; known: {sorted(FILES)}")
+        if len(set(named)) != len(named):
+            raise SourceConfigError(f"data_sources.{key}: a photograph is named in more than one split")
     for key in ("bsds300", "vanhateren", "brodatz", "maf"):
         local = cfg[key]["local"]
         if local is not None and not Path(local).exists():
@@ -115,10 +117,13 @@ def prepared_files(cfg: Mapping[str, Any], scale: str) -> dict[str, list[str]]:
     three, two, both = ("train", "valid", "test"), ("train", "test"), ("images", "patches")
     brodatz = [f"datasets/brodatz/{scale}/{t}_{s}.h5{ext}" for t in cfg["brodatz"]["textures"]
                for s in two for ext in ("", ".sha256")]
-    return {
+    files = {
         "bsds300": split_outputs("bsds300", both, three, scale),
         "photos": split_outputs("photos", both, three, scale),
         "vanhateren": split_outputs("vanhateren", both, two, scale),
         "brodatz": brodatz,
         "maf": split_outputs("maf", ("patches",), three, scale),
     }
+    if "photos_log" in cfg:
+        files["photos_log"] = split_outputs("photos_log", both, two, scale)
+    return files

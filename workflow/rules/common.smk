@@ -30,29 +30,14 @@ def table_dataset(part, suffix="", kind="images"):
 
 
 def benchmark_file(kind):
-    return f"logs/{{scale}}/{{table}}/benchmarks/{kind}_{{variant}}.tsv"
+    """A job's benchmark TSV, as a pattern of the wildcards scale, table and variant."""
+    return E.benchmark_file("{scale}", "{table}", kind, "{variant}")
 
 
 def table_files(scale, table):
-    """Everything a table reads: eval JSONs, train JSONs, training benchmarks, cited models."""
-    inputs = {}
-    for v in E.evaluated_variants(config, table):
-        # A row showing another column of a row's evaluation (eval_of) reads that row's eval.json.
-        inputs[f"eval_{v}"] = f"{E.run_dir(scale, table, E.eval_source(config, table, v))}/eval.json"
-        # The model each row cites: a missing or replaced model.pt re-runs train -> evaluate -> table.
-        inputs[f"model_{v}"] = f"{E.run_dir(scale, table, E.model_source(config, table, v))}/model.pt"
-    for v in E.trained_variants(config, table):
-        inputs[f"train_{v}"] = f"{E.run_dir(scale, table, v)}/train.json"
-        inputs[f"bench_{v}"] = benchmark_file("train").format(scale=scale, table=table, variant=v)
-    for part in ("train", "test"):
-        inputs[f"checksum_{part}"] = f"{E.table_data_file(config, scale, table, part)}.sha256"
-    if any(E.is_patch_variant(config, table, v) for v in E.evaluated_variants(config, table)):
-        for part in ("train", "test"):
-            inputs[f"checksum_patches_{part}"] = f"{E.table_data_file(config, scale, table, part, 'patches')}.sha256"
-        if E.table_spec(config, table).get("dc_model") is not None:
-            inputs["model__dc"] = f"{E.run_dir(scale, table, '_dc')}/model.pt"  # the DC model of the 64-dim rates
-            inputs["train__dc"] = f"{E.run_dir(scale, table, '_dc')}/train.json"
-    return inputs
+    """Everything a table reads (ride.experiments.table_input_files): nothing from the data set
+    when every row is pending or cited, so `pending=[all]` renders a table without a download."""
+    return E.table_input_files(config, scale, table)
 
 
 def figure_files(scale, figure):

@@ -118,6 +118,24 @@ rule prepare_photos:
         " --patches {params.patches} --seed {params.p[seed]} > {log} 2>&1"
 
 
+rule prepare_photos_log:
+    """The offline stand-in for van Hateren: the same photographs in van Hateren's log protocol."""
+    output:
+        DS.split_outputs("photos_log", ("images", "patches"), ("train", "test")),
+    params:
+        patches=lambda wc: DS.counts_arg(SRC["photos_log"]["patches"][wc.scale]),
+        p=SRC["photos_log"],
+        names=" ".join(f"--{s} {' '.join(SRC['photos_log'][s])}" for s in ("train", "test")),
+    log:
+        "logs/{scale}/datasets/photos_log.log",
+    conda:
+        DATA_ENV
+    shell:
+        "ride prepare photos --protocol vanhateren --out-dir datasets/photos_log/{wildcards.scale} {params.names}"
+        " --crop {params.p[crop][0]} {params.p[crop][1]} --patch-size {params.p[patch_size]}"
+        " --patches {params.patches} --seed {params.p[seed]} > {log} 2>&1"
+
+
 rule prepare_vanhateren:
     """van Hateren: log intensities, whole images and 16x16 patch sets."""
     input:
