@@ -8,6 +8,8 @@ BSDS300-shaped .tgz with JPEGs and id lists, .iml files, Brodatz GIFs, a MAF-lay
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import io
 import tarfile
@@ -81,8 +83,10 @@ def _handler(server: DataServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def data_server():
+@contextlib.contextmanager
+def serve_data():
+    """A :class:`DataServer` on 127.0.0.1 in a thread, for the ``with`` block (tests and the smoke
+    reference script of Tables 1-2)."""
     server = DataServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
     httpd.daemon_threads = True
@@ -95,6 +99,12 @@ def data_server():
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def data_server():
+    with serve_data() as server:
+        yield server
 
 
 def sha256(data: bytes) -> str:

@@ -1,6 +1,7 @@
 """ride.experiments: `pending: [all]` and the files a table reads (rule table's inputs)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_pending_names_only_their_rows(config):
 @pytest.mark.parametrize("pending", [["alll"], ["all", "typo"], ["ALL"]])
 def test_validate_config_rejects_unknown_pending_names(config, pending):
     config["pending"] = pending
-    with pytest.raises(E.ConfigError, match=rf"pending: unknown variant '{[p for p in pending if p != 'all'][0]}'"):
+    with pytest.raises(E.ConfigError, match=rf"pending: unknown variant '{next(p for p in pending if p != 'all')}'"):
         E.validate_config(config)
 
 
@@ -92,3 +93,24 @@ def test_render_all_pending_without_data(config, tmp_path):
     assert prov["dataset_sha256"] == {} and prov["data_read"].startswith("none") and prov["models"] == {}
     ok, msgs = T.check_table(out, config)
     assert not ok and msgs == ["nothing to judge: all 24 rows pending"]
+
+
+def test_table_budget_changes_only_its_table_and_scale(config):
+    """tables.<t>.budget.<scale> overrides the scale's training options for that table's rows only
+    (Tables 1-2 at quick: fewer L-BFGS iterations), and a misspelt key fails validation by name."""
+    cfg = copy.deepcopy(config)
+    cfg["tables"]["table1"]["budget"] = {"quick": {"baseline_train": {"lbfgs_iterations": 7},
+                                                   "patch_mcgsm": {"max_iterations": 3, "max_patches": 500}}}
+    E.validate_config(cfg)
+    assert E.train_config(cfg, "quick", "table1", "mcgsm32_inf")["train"]["lbfgs_iterations"] == 7
+    assert E.train_config(cfg, "quick", "table1", "ride_l1_inf")["train"] == cfg["scales"]["quick"]["train"]
+    assert E.train_config(cfg, "quick", "table3", "mcgsm32")["train"]["lbfgs_iterations"] == \
+        cfg["scales"]["quick"]["baseline_train"]["lbfgs_iterations"]
+    assert E.train_config(cfg, "paper", "table1", "mcgsm32_inf")["train"]["lbfgs_iterations"] == \
+        cfg["scales"]["paper"]["baseline_train"]["lbfgs_iterations"]
+    patch = E.patch_train_config(cfg, "quick", "table1", "mcgsm16_63")["train"]
+    assert patch["max_iterations"] == 3 and patch["max_patches"] == 500
+    assert E.dc_train_config(cfg, "quick", "table1")["train"] == cfg["scales"]["quick"]["patch"]["train"]["mogsm"]
+    cfg["tables"]["table1"]["budget"]["quick"]["baseline_train"]["lbfgs_iteration"] = 3
+    with pytest.raises(E.ConfigError, match="budget.quick.baseline_train.*lbfgs_iteration"):
+        E.validate_config(cfg)

@@ -40,6 +40,9 @@ def test_tables_1_and_2_hold_every_paper_row(config):
     # Built on request only: `snakemake --cores all` (rule all) stays table 3 and offline.
     assert E.default_tables(config) == ["table3"]
     assert E.table_dataset(config, "table1", "quick") == "photos" and "STAND-IN" in t1["title"]
+    # Table 2 at quick: the offline photos_log stand-in, named as such; smoke and paper: van Hateren.
+    assert E.table_dataset(config, "table2", "quick") == "photos_log" and "STAND-IN" in t2["title"]
+    assert E.table_dataset(config, "table2", "smoke") == E.table_dataset(config, "table2", "paper") == "vanhateren"
 
 
 def test_inconsistent_paper_rows_are_judged_in_the_63_dim_column_only(config):

@@ -397,16 +397,17 @@ def test_stale_checkpoint_of_another_config_is_not_resumed(tmp_path):
 
 
 def test_check_committed_judges_the_committed_tables_in_seconds(tmp_path):
-    """`snakemake check_committed` on a fresh clone judges results/<scale>/table3.csv as committed:
-    nothing is generated, trained or evaluated first, and it takes well under a minute."""
+    """`snakemake check_committed` on a fresh clone judges every results/<scale>/<table>.csv as
+    committed: nothing is generated, trained or evaluated first, and it takes well under a minute."""
     work = copy_workflow(tmp_path / "clone")
     shutil.copytree(ROOT / "results", work / "results")
-    committed = sorted((work / "results").glob("*/table3.csv"))
+    committed = sorted((work / "results").glob("*/table*.csv"))
     if not committed:
         pytest.skip("no committed tables under results/<scale>/ to judge")
     config = E.load_config(CONFIG)
-    verdicts = {p.parent.name: T.check_table(p, config) for p in committed}
-    judged = {p.parent.name: any(r["status"] == "ours" for r in T.read_csv(p)) for p in committed}
+    name = {p: f"results/{p.parent.name}/{p.name}" for p in committed}
+    verdicts = {name[p]: T.check_table(p, config) for p in committed}
+    judged = {name[p]: any(r["status"] == "ours" for r in T.read_csv(p)) for p in committed}
     start = time.perf_counter()
     res = snakemake(["--cores", "1", "check_committed"], work, timeout=120)
     elapsed = time.perf_counter() - start
@@ -415,11 +416,12 @@ def test_check_committed_judges_the_committed_tables_in_seconds(tmp_path):
     assert not (work / "runs").exists() and not (work / "datasets").exists(), out[-3000:]
     all_pass = all(ok for ok, _ in verdicts.values()) and all(judged.values())
     assert (res.returncode == 0) == all_pass, out[-3000:]
-    for scale, is_judged in judged.items():
+    for path, is_judged in judged.items():
+        scale = path.split("/")[1]
         if not is_judged:  # an all-pending table (results/paper/) is named, and is no pass
-            assert f"results/{scale}/table3.csv: scale {scale}: nothing to judge" in out, out[-3000:]
-    for scale, (ok, msgs) in verdicts.items():
-        assert f"results/{scale}/table3.csv: scale {scale}" in out
+            assert f"{path}: scale {scale}: nothing to judge" in out, out[-3000:]
+    for path, (ok, msgs) in verdicts.items():
+        assert f"{path}: scale {path.split('/')[1]}" in out
         for msg in msgs:
             assert msg.split(":")[0] in out  # "row <name> (<label>)" of every MISS
 
