@@ -2,7 +2,8 @@
 
 Training ends every stage by refining the MCGSM with ``torch.optim.LBFGS`` in float64 on fixed
 features (``ride.refine.fit_mcgsm_lbfgs``); for the MCGSM rows of Table 3 that is all of training.
-This runs the same optimiser (same options, same closure ``ride.refine._mean_nll``) on the MCGSM
+This runs the same optimiser and closure (``ride.refine.mcgsm_lbfgs``; on the CPU the closure is
+the fused value and gradient ``ride.kernels.mcgsm_nll_grad``, 2KS exps per pixel) on the MCGSM
 baseline's whitened neighbourhoods of dead-leaves images, in float64 and in float32 from the
 same initial parameters, and reports for each, interleaved on one machine:
 

@@ -383,6 +383,123 @@ def test_fused_mcgsm_gradcheck():
     assert torch.autograd.gradcheck(fn, (h, y, *values))
 
 
+def _needs_nll_grad():
+    from ride.kernels.build import gemm_args
+
+    if kernels.c_kernels() is None or gemm_args(torch.float64)[0] is None:
+        pytest.skip("mcgsm_nll_grad needs the C kernels and torch's BLAS pointers")
+
+
+def _random_mcgsm(sizes, dtype, seed, magnitude):
+    """An MCGSM with N(0, magnitude^2) parameters and data; a few log-precisions lie beyond the
+    clamp (zero gradient there), and large magnitudes put exp arguments far below -30."""
+    from ride.mcgsm import MCGSM
+
+    d, k, s, f = sizes
+    gen = torch.Generator().manual_seed(seed)
+    mcgsm = MCGSM(d, k, s, f).to(dtype)
+    with torch.no_grad():
+        for p in mcgsm.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * magnitude)
+        mcgsm.scales.view(-1)[:2] = torch.tensor([35.0, -41.0])[: mcgsm.scales.numel()]
+    x = torch.randn(203, d, generator=gen, dtype=torch.float64) * magnitude
+    y = torch.randn(203, generator=gen, dtype=torch.float64) * magnitude
+    return mcgsm, x.to(dtype), y.to(dtype)
+
+
+def _autograd_nll_grad(mcgsm, x, y):
+    mcgsm.zero_grad()
+    loss = -mcgsm.reference_log_prob(x, y).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in mcgsm.parameters()]
+
+
+def _scaled_error(a, b):
+    """max |a - b| over max |b| (the gradient's own scale; 0 where both vanish)."""
+    scale = b.abs().max()
+    return float((a.double() - b.double()).abs().max() / scale) if scale > 0 else float((a - b).abs().max())
+
+
+MCGSM_SIZES = [(12, 32, 4, 32), (5, 4, 3, 7), (3, 5, 1, 4), (1, 3, 2, 2), (1, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 4.0])
+@pytest.mark.parametrize("sizes", MCGSM_SIZES)
+def test_mcgsm_nll_grad_equals_autograd_float64(sizes, magnitude):
+    # The L-BFGS closure's fused value and gradient against autograd of reference_log_prob:
+    # several row blocks (203 rows in blocks of 16 and the default), S = 1 and D = 1 included.
+    _needs_nll_grad()
+    mcgsm, x, y = _random_mcgsm(sizes, torch.float64, seed=sum(sizes), magnitude=magnitude)
+    if magnitude > 1 and sizes[1] * sizes[2] > 1:
+        with torch.no_grad():  # the test reaches the far tails of the exps
+            gate, _ = mcgsm._joint_logits(x)
+            flat = gate.flatten(-2)
+            assert float((flat - flat.amax(-1, keepdim=True)).min()) < -30
+    loss, grads = _autograd_nll_grad(mcgsm, x, y)
+    assert mcgsm.scales.grad.view(-1)[:2].abs().max() == 0  # the clamp's zero gradient is part of the test
+    for block in (16, kernels.fused_mcgsm.NLL_GRAD_BLOCK):
+        value, fused = kernels.mcgsm_nll_grad(mcgsm, x, y, block=block)
+        assert value.dtype == torch.float64
+        assert abs(float(value - loss)) <= 1e-12 * abs(float(loss))
+        for name, a, b in zip(["priors", "scales", "weights", "features", "predictors"], fused, grads):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert _scaled_error(a, b) <= 1e-12, (name, _scaled_error(a, b))
+
+
+@pytest.mark.parametrize("magnitude, tol", [(1.0, 1e-5), (4.0, 5e-5)])
+@pytest.mark.parametrize("sizes", MCGSM_SIZES)
+def test_mcgsm_nll_grad_float32_is_close_to_float64(sizes, magnitude, tol):
+    # float32 against the float64 autograd reference (float32 autograd itself is off by up to
+    # ~5e-5 of the gradient's scale at the larger magnitude).
+    _needs_nll_grad()
+    mcgsm, x, y = _random_mcgsm(sizes, torch.float64, seed=sum(sizes) + 1, magnitude=magnitude)
+    loss, grads = _autograd_nll_grad(mcgsm, x, y)
+    value, fused = kernels.mcgsm_nll_grad(mcgsm.float(), x.float(), y.float(), block=16)
+    assert abs(float(value - loss)) <= 1e-6 * max(1.0, abs(float(loss)))
+    for name, a, b in zip(["priors", "scales", "weights", "features", "predictors"], fused, grads):
+        assert a.dtype == torch.float32
+        assert _scaled_error(a, b) <= tol, (name, _scaled_error(a, b))
+
+
+def test_mcgsm_nll_grad_declines_where_it_does_not_apply(monkeypatch):
+    _needs_nll_grad()
+    mcgsm, x, y = _random_mcgsm((4, 3, 2, 5), torch.float64, seed=3, magnitude=1.0)
+    assert kernels.mcgsm_nll_grad(mcgsm, x, y) is not None
+    assert kernels.mcgsm_nll_grad(mcgsm, x.float(), y.float()) is None  # parameters in float64
+    assert kernels.mcgsm_nll_grad(mcgsm, x[:, :3], y) is None
+    assert kernels.mcgsm_nll_grad(mcgsm, x.view(7, 29, 4), y.view(7, 29)) is None
+    monkeypatch.setenv("RIDE_MCGSM_IMPL", "torch")
+    assert kernels.mcgsm_nll_grad(mcgsm, x, y) is None
+
+
+def test_lbfgs_refinement_unchanged_by_the_fused_closure(monkeypatch):
+    # fit_mcgsm_lbfgs in float64 follows the same trajectory with the fused value and gradient
+    # as with autograd of the reference (RIDE_MCGSM_IMPL=torch): same parameters and held-out NLL.
+    import copy
+
+    import ride.refine as refine
+
+    _needs_nll_grad()
+    mcgsm, x, y = _random_mcgsm((6, 4, 3, 5), torch.float64, seed=8, magnitude=0.3)
+    mcgsm.reset_parameters()
+    vx, vy = x[150:], y[150:]
+    x, y = x[:150], y[:150]
+    calls = []
+    original = refine.mcgsm_nll_grad
+    monkeypatch.setattr(refine, "mcgsm_nll_grad", lambda *a: calls.append(1) or original(*a))
+    fused = copy.deepcopy(mcgsm)
+    info_fused = refine.fit_mcgsm_lbfgs(fused, x, y, vx, vy, max_iterations=12, check_every=4, patience=5)
+    assert calls  # the fused closure ran
+    monkeypatch.setenv("RIDE_MCGSM_IMPL", "torch")
+    plain = copy.deepcopy(mcgsm)
+    info_plain = refine.fit_mcgsm_lbfgs(plain, x, y, vx, vy, max_iterations=12, check_every=4, patience=5)
+    assert info_fused["iterations"] == info_plain["iterations"] == 12
+    assert info_plain["valid_nll"] < info_plain["valid_nll_start"] - 1e-3  # it did move
+    assert info_fused["valid_nll"] == pytest.approx(info_plain["valid_nll"], abs=1e-10)
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
 def test_bench_flops_formula():
     from ride.bench import flops_per_pixel, scored_pixels
 

@@ -103,12 +103,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i, p, p, p, p],
         "mcgsm_fwd": [i64, i, i, p, p, p, p, p, p, p, p, i],
         "mcgsm_bwd": [i64, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i],
+        "mcgsm_nll_grad": [i64, i, i, i, i, p, p, p, p, p, p, p, p, p, i, i, p, p],
     }
     for stem, argtypes in signatures.items():
         for suffix in ("_f32", "_f64"):
             fn = getattr(lib, stem + suffix)
             fn.argtypes, fn.restype = argtypes, None
     lib.probe_f32.argtypes = [i, p, p, p]
+    lib.mcgsm_nll_grad_work.argtypes, lib.mcgsm_nll_grad_work.restype = [i, i, i, i, i], i64
     return lib
 
 

@@ -1,14 +1,21 @@
 """The factorized MCGSM's likelihood with its ``M x K x S`` mixture part fused into C kernels
-(``mcgsm.cpp``, CPU); ``ride.mcgsm.MCGSM.log_prob`` delegates here on the CPU."""
+(``mcgsm.cpp``, CPU); ``ride.mcgsm.MCGSM.log_prob`` delegates here on the CPU.
+:func:`mcgsm_nll_grad` is the value and parameter gradient of the mean NLL on fixed inputs in
+one C pass (the L-BFGS refinement's closure, ride/refine.py)."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .build import c_kernels, use_c_kernels
+from .build import c_kernels, gemm_args, use_c_kernels
+
+# Pixels per row block of mcgsm_nll_grad: its scratch (~(2(F+K) + F + 2K) x block values) stays in
+# the L2 cache while the block's GEMMs stay large enough for BLAS.
+NLL_GRAD_BLOCK = 128
 
 
 class FusedMCGSM(torch.autograd.Function):
@@ -88,3 +95,60 @@ def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
     out = FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)
     return out.view(shape)
 
+
+
+@torch.no_grad()
+def mcgsm_nll_grad(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor,
+                   block: int = NLL_GRAD_BLOCK) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """Mean negative log-likelihood of ``outputs`` (M) given fixed ``inputs`` (M x D) and its
+    gradient with respect to ``mcgsm.parameters()`` (priors, scales, weights, features,
+    predictors), in one fused C pass (``mcgsm_nll_grad_*`` in mcgsm.cpp, BLAS for the products).
+
+    Returns ``(float64 scalar, [gradients in the parameters' dtype])``, equal to autograd of
+    ``-reference_log_prob(inputs, outputs).mean()`` within rounding (tests/test_slstm_fast.py);
+    sums over pixels are kept in float64 across row blocks. Returns None where it does not apply
+    (not the CPU, dtypes other than float32/float64 or mixed, no C kernels or no BLAS pointers,
+    ``RIDE_MCGSM_IMPL=torch``): callers then use autograd.
+    """
+    params = [mcgsm.priors, mcgsm.scales, mcgsm.weights, mcgsm.features, mcgsm.predictors]  # MCGSM.parameters()
+    dtype = inputs.dtype
+    if (os.environ.get("RIDE_MCGSM_IMPL", "auto") == "torch" or inputs.dim() != 2 or outputs.dim() != 1
+            or inputs.shape[1] != mcgsm.features.shape[0] or outputs.shape[0] != inputs.shape[0] or inputs.shape[0] == 0
+            or not use_c_kernels(inputs) or outputs.dtype != dtype or outputs.device.type != "cpu"
+            or any(p.dtype != dtype or p.device.type != "cpu" for p in params)):
+        return None
+    gemm, set_threads = gemm_args(dtype)
+    if gemm is None:
+        return None
+    lib = c_kernels()
+    (k, s), (d, f), m = mcgsm.priors.shape, mcgsm.features.shape, inputs.shape[0]
+    ks, n = k * s, f + k
+    with torch.enable_grad():
+        alpha_graph = mcgsm.log_precisions()
+    alpha = alpha_graph.detach()
+    h, y = inputs.contiguous(), outputs.contiguous()
+    both = torch.cat([mcgsm.features.detach(), mcgsm.predictors.detach()], 1).contiguous()
+    w2 = mcgsm.weights.detach().square().contiguous()
+    # scale-major (S x K): the kernel's loops run over components
+    eta = mcgsm.priors.detach().t().contiguous()
+    nh = (-0.5 * alpha.exp()).t().contiguous()
+    cst = (0.5 * alpha - 0.5 * math.log(2 * math.pi)).t().contiguous()
+    nthreads = max(1, min(torch.get_num_threads(), -(-m // block)))
+    acc = torch.zeros(nthreads, 1 + 2 * ks + k * f + d * n, dtype=torch.float64)
+    work = torch.empty(nthreads * lib.mcgsm_nll_grad_work(block, d, k, s, f), dtype=dtype)
+    fn = lib.mcgsm_nll_grad_f32 if dtype == torch.float32 else lib.mcgsm_nll_grad_f64
+    fn(m, d, k, s, f, h.data_ptr(), y.data_ptr(), both.data_ptr(), w2.data_ptr(), eta.data_ptr(), nh.data_ptr(),
+       cst.data_ptr(), acc.data_ptr(), work.data_ptr(), block, nthreads, gemm, set_threads)
+    total = acc.sum(0).mul_(-1.0 / m)  # d(mean NLL) = -d(sum log p) / M
+    d_eta, d_alpha, d_w, d_both = total[1:].split([ks, ks, k * f, d * n])
+    d_alpha = d_alpha.view(s, k).t().to(dtype)
+    if alpha_graph.requires_grad:  # through log_precisions (its clamp), as autograd would
+        d_alpha = torch.autograd.grad(alpha_graph, mcgsm.scales, d_alpha)[0]
+    grads = [
+        d_eta.view(s, k).t(),
+        d_alpha,
+        2.0 * mcgsm.weights.detach().double() * d_w.view(k, f),
+        d_both.view(d, n)[:, :f],
+        d_both.view(d, n)[:, f:],
+    ]
+    return total[0], [g.to(dtype).contiguous() for g in grads]

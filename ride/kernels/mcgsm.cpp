@@ -2,6 +2,14 @@
  * with C linkage, built by torch.utils.cpp_extension: ride/kernels/build.py). */
 #include "fastmath.h"
 
+typedef int (*mcgsm_set_threads_t)(int);
+typedef void (*mcgsm_sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
+                              const float *, const int *, const float *, const int *, const float *, float *,
+                              const int *);
+typedef void (*mcgsm_dgemm_t)(const char *, const char *, const int *, const int *, const int *, const double *,
+                              const double *, const int *, const double *, const int *, const double *, double *,
+                              const int *);
+
 /*
  * MCGSM mixture part, one row (pixel) at a time: with e_c = sum_n beta_cn^2 (b_n^T h)^2 and
  * r_c = (y - a_c^T h)^2, gate_cs = eta_cs + nh_cs e_c and joint_cs = gate_cs + cst_cs + nh_cs r_c
@@ -68,7 +76,167 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
     }                                                                                              \
 }
 
+
+/*
+ * Value and parameter gradient of sum_m log p(y_m | h_m) on fixed inputs (L-BFGS refinement), in
+ * one pass over row blocks of `block` pixels: per block five BLAS GEMMs (column-major calls on
+ * row-major arrays) and one mixture loop per row that computes each of its 2 K S exps once.
+ *   h: M x D inputs, y: M outputs, both: D x (F+K) = [features | predictors], w2: K x F = weights^2,
+ *   eta, nh, cst: S x K (scale-major, so that the loops over components are contiguous and the
+ *   per-component e_c, r_c need no broadcast copies), otherwise as in DEFINE_MCGSM.
+ *   work: nthreads x mcgsm_nll_grad_work(...) scratch elements of type T.
+ *   acc: nthreads x (1 + 2KS + KF + D(F+K)) float64, zeroed by the caller; thread t adds
+ *   [sum log p, d/deta (S x K), d/dalpha (S x K), sum_m de_mc f_mn^2 (K x F), d/dboth (D x (F+K))]
+ *   to its row. Blocks are summed in T and added to the float64 rows, so float32 sums of many
+ *   pixels keep float64 accuracy across blocks.
+ */
+static inline int64_t mcgsm_nll_grad_work_(int block, int D, int K, int S, int F) {
+    const int64_t N = F + K, KS = (int64_t)K * S;
+    return (block * (2 * N + F + 2 * K) + 4 * KS + 2 * K + K * F + D * N + 15) / 16 * 16;  /* 64-byte multiple */
+}
+/* Flush-to-zero and denormals-are-zero for one thread while it runs the kernel (restored after):
+ * far in the tails, posteriors times e^alpha products go subnormal, and each subnormal operation
+ * costs ~100 cycles (float32 L-BFGS ran 3x slower once parameters had moved). Values below
+ * 1e-38 (float32) / 1e-308 (float64) change nothing at the tolerances of the tests. */
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <immintrin.h>
+static inline unsigned mcgsm_ftz_on_(void) { unsigned csr = _mm_getcsr(); _mm_setcsr(csr | 0x8040u); return csr; }
+static inline void mcgsm_ftz_off_(unsigned csr) { _mm_setcsr(csr); }
+#else
+static inline unsigned mcgsm_ftz_on_(void) { return 0; }
+static inline void mcgsm_ftz_off_(unsigned csr) { (void)csr; }
+#endif
+/* e^x for the kernel's arguments, all <= 0 (minus a maximum): float32 exp_f; float64 exp_d without
+ * the upper clamp and the final select (below -708 it returns e^-708 ~ 3e-308, not 0: nothing
+ * next to the sums' largest term, 1). */
+static inline float mcgsm_exp_(float x) { return exp_f(x); }
+static inline double mcgsm_exp_(double x) { return exp_d_core(x < -708.0 ? -708.0 : x); }
+static inline float mcgsm_log_(float x) { return logf(x); }
+static inline double mcgsm_log_(double x) { return log(x); }
+
+template <typename T, typename GEMM>
+static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, const T *y, const T *both,
+                            const T *w2, const T *__restrict__ eta, const T *__restrict__ nh,
+                            const T *__restrict__ cst, double *acc, T *work, int block, int nthreads, GEMM gemm,
+                            mcgsm_set_threads_t set_threads) {
+    const int KS = K * S, N = F + K;
+    const int64_t nacc = 1 + 2 * (int64_t)KS + (int64_t)K * F + (int64_t)D * N;
+    const int64_t nblocks = (M + block - 1) / block;
+#pragma omp parallel num_threads(nthreads)
+    {
+        const int t = omp_get_thread_num();
+        double *a = acc + t * nacc;
+        /* scratch: FM, DFM (block x N), F2 (block x F), E, DE (block x K), G, J, AE, AA (KS), Rc, Dc (K),
+         * dW (K x F), dB (D x N) */
+        T *buf = work + (size_t)t * mcgsm_nll_grad_work_(block, D, K, S, F);
+        T *FM = buf, *DFM = FM + (size_t)block * N, *F2 = DFM + (size_t)block * N;
+        T *E = F2 + (size_t)block * F, *DE = E + (size_t)block * K;
+        T *__restrict__ G = DE + (size_t)block * K;
+        T *__restrict__ J = G + KS;
+        T *__restrict__ AE = J + KS;
+        T *__restrict__ AA = AE + KS;
+        T *__restrict__ Rc = AA + KS;
+        T *__restrict__ Dc = Rc + K;
+        T *dW = Dc + K, *dB = dW + (size_t)K * F;
+        const int prev = set_threads ? set_threads(1) : 0;
+        const unsigned csr = mcgsm_ftz_on_();
+        const T one = 1, zero = 0;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nblocks; b++) {
+            const int64_t r0 = b * block;
+            int B = (int)(M - r0 < block ? M - r0 : block);
+            const T *hb = h + r0 * D;
+            /* FM = hb @ both (B x N); F2 = FM[:, :F]^2; E = F2 @ w2^T (B x K) */
+            gemm("N", "N", &N, &B, &D, &one, both, &N, hb, &D, &zero, FM, &N);
+            for (int i = 0; i < B; i++) {
+                const T *__restrict__ fi = FM + (size_t)i * N;
+                T *__restrict__ f2 = F2 + (size_t)i * F;
+#pragma omp simd
+                for (int n = 0; n < F; n++) f2[n] = fi[n] * fi[n];
+            }
+            gemm("T", "N", &K, &B, &F, &one, w2, &F, F2, &F, &zero, E, &K);
+            T loss = 0;
+            for (int q = 0; q < KS; q++) { AE[q] = 0; AA[q] = 0; }
+            for (int i = 0; i < B; i++) {
+                const T yi = y[r0 + i];
+                const T *__restrict__ mu = FM + (size_t)i * N + F;
+                const T *__restrict__ ei = E + (size_t)i * K;
+                T *__restrict__ dei = DE + (size_t)i * K;
+                T *__restrict__ dmu = DFM + (size_t)i * N + F;
+#pragma omp simd
+                for (int c = 0; c < K; c++) { T d = yi - mu[c]; Dc[c] = d; Rc[c] = d * d; dei[c] = 0; dmu[c] = 0; }
+                T mg = -INFINITY, mj = -INFINITY;
+                for (int s = 0; s < S; s++) {
+                    const T *__restrict__ et = eta + s * K, *__restrict__ nt = nh + s * K, *__restrict__ ct = cst + s * K;
+                    T *__restrict__ gs = G + s * K, *__restrict__ js = J + s * K;
+#pragma omp simd reduction(max : mg, mj)
+                    for (int c = 0; c < K; c++) {
+                        T g = et[c] + nt[c] * ei[c];
+                        T j = g + ct[c] + nt[c] * Rc[c];
+                        gs[c] = g; js[c] = j;
+                        mg = g > mg ? g : mg; mj = j > mj ? j : mj;
+                    }
+                }
+                T sg = 0, sj = 0;
+#pragma omp simd reduction(+ : sg, sj)
+                for (int q = 0; q < KS; q++) {
+                    T eg = mcgsm_exp_(G[q] - mg), ej = mcgsm_exp_(J[q] - mj);
+                    G[q] = eg; J[q] = ej; sg += eg; sj += ej;
+                }
+                loss += (mj + mcgsm_log_(sj)) - (mg + mcgsm_log_(sg));
+                const T ig = 1 / sg, ij = 1 / sj;
+                /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq, dmu_c = -2 (y - mu_c) sum_s nh p */
+                for (int s = 0; s < S; s++) {
+                    const T *__restrict__ nt = nh + s * K;
+                    const T *__restrict__ gs = G + s * K, *__restrict__ js = J + s * K;
+                    T *__restrict__ ae = AE + s * K, *__restrict__ aa = AA + s * K;
+#pragma omp simd
+                    for (int c = 0; c < K; c++) {
+                        T p = js[c] * ij, pq = p - gs[c] * ig;
+                        ae[c] += pq;
+                        aa[c] += (T)0.5 * p + nt[c] * (pq * ei[c] + p * Rc[c]);
+                        dei[c] += pq * nt[c];
+                        dmu[c] += p * nt[c];
+                    }
+                }
+#pragma omp simd
+                for (int c = 0; c < K; c++) dmu[c] *= -2 * Dc[c];
+            }
+            /* dW = DE^T @ F2 (K x F); DFM[:, :F] = 2 FM[:, :F] * (DE @ w2); dB = hb^T @ DFM */
+            gemm("N", "T", &F, &K, &B, &one, F2, &F, DE, &K, &zero, dW, &F);
+            gemm("N", "N", &F, &B, &K, &one, w2, &F, DE, &K, &zero, DFM, &N);
+            for (int i = 0; i < B; i++) {
+                const T *__restrict__ fi = FM + (size_t)i * N;
+                T *__restrict__ di = DFM + (size_t)i * N;
+#pragma omp simd
+                for (int n = 0; n < F; n++) di[n] *= 2 * fi[n];
+            }
+            gemm("N", "T", &N, &D, &B, &one, DFM, &N, hb, &D, &zero, dB, &N);
+            double *__restrict__ ae = a + 1, *__restrict__ aa = ae + KS, *__restrict__ aw = aa + KS;
+            double *__restrict__ ab = aw + (int64_t)K * F;
+            a[0] += loss;
+            for (int q = 0; q < KS; q++) { ae[q] += AE[q]; aa[q] += AA[q]; }
+            for (int64_t q = 0; q < (int64_t)K * F; q++) aw[q] += dW[q];
+            for (int64_t q = 0; q < (int64_t)D * N; q++) ab[q] += dB[q];
+        }
+        mcgsm_ftz_off_(csr);
+        if (set_threads) set_threads(prev);
+    }
+}
+
 extern "C" {
 DEFINE_MCGSM(mcgsm_fwd_f32, mcgsm_bwd_f32, float, exp_f, logf)
-DEFINE_MCGSM(mcgsm_fwd_f64, mcgsm_bwd_f64, double, exp, log)
+DEFINE_MCGSM(mcgsm_fwd_f64, mcgsm_bwd_f64, double, exp_d, log)
+/* Scratch elements per thread that mcgsm_nll_grad_f32/_f64 need. */
+int64_t mcgsm_nll_grad_work(int block, int D, int K, int S, int F) { return mcgsm_nll_grad_work_(block, D, K, S, F); }
+void mcgsm_nll_grad_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
+                        const float *w2, const float *eta, const float *nh, const float *cst, double *acc,
+                        float *work, int block, int nthreads, mcgsm_sgemm_t gemm, mcgsm_set_threads_t set_threads) {
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads);
+}
+void mcgsm_nll_grad_f64(int64_t M, int D, int K, int S, int F, const double *h, const double *y, const double *both,
+                        const double *w2, const double *eta, const double *nh, const double *cst, double *acc,
+                        double *work, int block, int nthreads, mcgsm_dgemm_t gemm, mcgsm_set_threads_t set_threads) {
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads);
+}
 }
