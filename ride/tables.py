@@ -459,6 +459,8 @@ def provenance(
         "table": spec["title"],
         "scale": scale,
         "scale_config": E.scale_of(config, scale),
+        # this table's changes to scale_config's training options (tables.<table>.budget.<scale>)
+        "table_budget": (spec.get("budget") or {}).get(scale) or {},
         "dataset": (E.dataset_params(config, scale, E.table_dataset(config, table, scale))
                     if E.table_dataset(config, table, scale) in config["datasets"] else E.table_dataset(config, table, scale)),
         "dataset_sha256": dict(datasets or {}),
@@ -514,6 +516,10 @@ def render_table(
     write_csv(rows, out_csv)
     if out_md:
         description = E.scale_of(config, scale).get("description", "")
+        budget = (spec.get("budget") or {}).get(scale)
+        if budget:  # the table's own budget replaces part of what the scale's description says
+            description += (f" This table's budget at this scale (tables.{table}.budget.{scale}) replaces those options: "
+                            + "; ".join(f"{key} {json.dumps(val)}" for key, val in budget.items()) + ".")
         notes = header_notes(rows, config, table, evals)
         write_text(out_md, to_markdown(rows, spec["title"], scale, spec.get("caption", ""), description, notes))
     if out_html:

@@ -114,3 +114,20 @@ def test_table_budget_changes_only_its_table_and_scale(config):
     cfg["tables"]["table1"]["budget"]["quick"]["baseline_train"]["lbfgs_iteration"] = 3
     with pytest.raises(E.ConfigError, match="budget.quick.baseline_train.*lbfgs_iteration"):
         E.validate_config(cfg)
+
+
+@pytest.mark.parametrize("table, scale, has_budget", [("table1", "quick", True), ("table1", "paper", False),
+                                                       ("table3", "quick", False)])
+def test_rendered_table_states_its_budget(config, tmp_path, table, scale, has_budget):
+    """The .md's scale description and the provenance name the table's own budget where it has one,
+    so a reader does not take the scale's MCGSM budget for what the rows were trained with."""
+    config["pending"] = ["all"]
+    out = tmp_path / f"{table}.csv"
+    T.render_table(E.table_config(config, scale, table), table, scale, {}, {}, out, out.with_suffix(".md"),
+                   None, out.with_suffix(".provenance.json"))
+    md = out.with_suffix(".md").read_text()
+    prov = json.loads(out.with_suffix(".provenance.json").read_text())
+    assert (f"tables.{table}.budget.{scale}" in md) == has_budget
+    assert prov["table_budget"] == (config["tables"][table].get("budget") or {}).get(scale, {})
+    if has_budget:
+        assert '"max_iterations": 40' in md and prov["table_budget"]["baseline_train"]["lbfgs_iterations"] == 200
