@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 from . import experiments as E
 from .data import sha256sum
+from .provenance import git_commit
 from .statistics import paired_difference_of_results
 from .tablefiles import (
     COLUMNS,
@@ -481,6 +482,7 @@ def provenance(
         },
         "rendered": {
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(),  # the code that rendered (each row's run names its own)
             "python": platform.python_version(),
             "host": platform.node(),
             **dict(extra or {}),

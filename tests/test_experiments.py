@@ -91,6 +91,7 @@ def test_render_all_pending_without_data(config, tmp_path):
     assert "**Check:** nothing to judge: all 24 rows pending." in out.with_suffix(".md").read_text()
     prov = json.loads(out.with_suffix(".provenance.json").read_text())
     assert prov["dataset_sha256"] == {} and prov["data_read"].startswith("none") and prov["models"] == {}
+    assert len(prov["rendered"]["git_commit"].split("+")[0]) == 40  # what rendered it
     ok, msgs = T.check_table(out, config)
     assert not ok and msgs == ["nothing to judge: all 24 rows pending"]
 
