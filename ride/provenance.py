@@ -16,14 +16,17 @@ from .errors import ConfigError
 
 
 def git_commit(path: str | Path | None = None) -> str:
-    """HEAD of the repository holding ``path`` (default: this package), ``+dirty`` if modified."""
+    """HEAD of the repository holding ``path`` (default: this package), ``+dirty`` if a tracked file
+    is modified. Result files (results/, tests/references/) do not count: a job that rewrites a
+    committed table deletes it first, and the table is output, not code."""
     cwd = Path(path) if path else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results",
+             ":(top,exclude)tests/references"], cwd=cwd, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -132,3 +132,4 @@ def test_rendered_table_states_its_budget(config, tmp_path, table, scale, has_bu
     assert prov["table_budget"] == (config["tables"][table].get("budget") or {}).get(scale, {})
     if has_budget:
         assert '"max_iterations": 40' in md and prov["table_budget"]["baseline_train"]["lbfgs_iterations"] == 200
+
