@@ -241,9 +241,16 @@ def table_variants(config: Config, table: str) -> list[str]:
     return list(table_spec(config, table)["variants"])
 
 
-def default_tables(config: Config) -> list[str]:
-    """Tables that ``snakemake --cores all`` builds (``in_all`` not false); others only on request."""
-    return [t for t in table_names(config) if table_spec(config, t).get("in_all", True)]
+def default_tables(config: Config, scale: str | None = None) -> list[str]:
+    """Tables that ``snakemake --cores all`` builds at ``scale`` (default: the configured one):
+    ``in_all`` true, or true for that scale; others only on request."""
+    scale = scale or config["scale"]
+
+    def included(table: str) -> bool:
+        flag = table_spec(config, table).get("in_all", True)
+        return bool(flag[scale] if isinstance(flag, dict) else flag)
+
+    return [t for t in table_names(config) if included(t)]
 
 
 def table_dataset(config: Config, table: str, scale: str) -> str:

@@ -77,6 +77,8 @@ def test_config_passes_its_schema_and_checks_and_bad_values_are_named():
     check(doc)
     assert set(doc) == {"smoke", "quick", "paper"} and doc["quick"]["source"] == "textures_standin"
     assert doc["paper"]["source"] == "brodatz" and doc["paper"]["inpaint"] == {"hole": 71, "sweeps": 100, "seed": 0}
+    # Figures 3-4 are in `snakemake --cores all` at quick and paper; the CI's smoke `all` leaves them out.
+    assert [doc[s].get("in_all", False) for s in ("smoke", "quick", "paper")] == [False, True, True]
     bad = copy.deepcopy(doc)
     bad["quick"]["mcgsm"]["model"]["num_layers"] = 1
     bad["quick"]["mcgsm"]["model"]["num_hidden"] = 8

@@ -60,7 +60,7 @@ def figure_inputs(wildcards):
 
 def scale_targets(scale):
     out = []
-    for table in E.default_tables(config):
+    for table in E.default_tables(config, scale):
         out += [E.result_file(scale, table, s) for s in (".csv", ".md", ".html", ".provenance.json")]
     for figure in E.figure_names(config, scale):
         out += [E.result_file(scale, figure, s) for s in (".csv", ".png")]
@@ -69,7 +69,7 @@ def scale_targets(scale):
 
 def copies(scale):
     """(configured scale's file, untracked convenience copy at results/) pairs."""
-    pairs = [(E.result_file(scale, t, s), f"results/{t}{s}") for t in E.default_tables(config) for s in (".csv", ".md")]
+    pairs = [(E.result_file(scale, t, s), f"results/{t}{s}") for t in E.default_tables(config, scale) for s in (".csv", ".md")]
     pairs += [(E.result_file(scale, f, s), f"results/{f}{s}") for f in E.figure_names(config, scale) for s in (".csv", ".png")]
     return pairs
 
@@ -82,7 +82,7 @@ def cited_run_files(scale):
     an interrupted --forcerun) behind an up-to-date table would otherwise never be rebuilt.
     """
     files = []
-    for table in E.default_tables(config):
+    for table in E.default_tables(config, scale):
         files += [v for k, v in table_files(scale, table).items() if k.startswith(("eval_", "model_", "train_"))]
     for figure in E.figure_names(config, scale):
         files += list(figure_files(scale, figure).values())
