@@ -314,8 +314,11 @@ def test_interrupted_training_resumes_from_checkpoint(tmp_path):
 
     config = load_config()
     smoke = config["scales"]["smoke"]
-    smoke["hidden_divisor"] = 1  # 64 hidden units: slow enough to interrupt
-    smoke["train"].update(stages=[{"patch": 8, "lr": 0.1}] * 6, checkpoint_every=1, lbfgs_iterations=5)
+    # 64 hidden units and 24 short stages: the job runs for many seconds after the interrupt is
+    # decided (at stage 1-3), so the SIGINT cannot race with its completion (with 6 stages the
+    # whole job took 5 s once the MCGSM refinement became fast, and once finished first).
+    smoke["hidden_divisor"] = 1
+    smoke["train"].update(stages=[{"patch": 8, "lr": 0.1}] * 24, checkpoint_every=1, lbfgs_iterations=5)
     work = copy_workflow(tmp_path / "wf", config)
     target = "runs/smoke/table3/ride64_l3/model.pt"
     run_dir = work / "runs" / "smoke" / "table3" / "ride64_l3"
