@@ -81,6 +81,13 @@ def train_config(path: str | Path, scale: str, kind: str) -> dict[str, Any]:
     return {"model": section[kind]["model"], "train": section[kind]["train"]}
 
 
+def figure_targets(textures: Mapping[str, Any], scale: str) -> list[str]:
+    """The files of Figures 3 and 4 at ``scale`` when ``textures.<scale>.in_all`` (rule ``all``), else none."""
+    if not (textures.get(scale) or {}).get("in_all", False):
+        return []
+    return [f"results/{scale}/{name}" for name in ("figure3.png", "figure3.csv", "figure4.png", "figure4.json")]
+
+
 def data_path(textures: Mapping[str, Any], scale: str, name: str, split: str) -> str:
     """Where the workflow prepares ``<name>_<split>.h5`` of the scale's texture source."""
     return f"datasets/{textures[scale]['source']}/{scale}/{name}_{split}.h5"

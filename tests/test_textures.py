@@ -23,6 +23,7 @@ from ride.datasets.texture_standin import prepare
 from ride.errors import ConfigError
 from ride.textures import (
     check,
+    figure_targets,
     hole_args,
     scored_part,
     texture_grid,
@@ -79,6 +80,7 @@ def test_config_passes_its_schema_and_checks_and_bad_values_are_named():
     assert doc["paper"]["source"] == "brodatz" and doc["paper"]["inpaint"] == {"hole": 71, "sweeps": 100, "seed": 0}
     # Figures 3-4 are in `snakemake --cores all` at quick and paper; the CI's smoke `all` leaves them out.
     assert [doc[s].get("in_all", False) for s in ("smoke", "quick", "paper")] == [False, True, True]
+    assert figure_targets(doc, "smoke") == [] and "results/quick/figure4.json" in figure_targets(doc, "quick")
     bad = copy.deepcopy(doc)
     bad["quick"]["mcgsm"]["model"]["num_layers"] = 1
     bad["quick"]["mcgsm"]["model"]["num_hidden"] = 8

@@ -20,13 +20,6 @@ TEXTURE_RUNS = "runs/{scale}/textures/{tex}/{kind}"
 TEXTURE_ENV = "../envs/ride.yaml"
 
 
-def texture_targets(scale):
-    """Figures 3 and 4 of ``scale`` when its textures section says ``in_all`` (rule all)."""
-    if not TEXTURES.get(scale, {}).get("in_all", False):
-        return []
-    return [f"results/{scale}/{name}" for name in ("figure3.png", "figure3.csv", "figure4.png", "figure4.json")]
-
-
 rule all_textures:
     """Figures 3 and 4 at the configured scale."""
     input:
