@@ -33,11 +33,11 @@ def _mean_nll(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor, chunk: 
 def _mean_nll_and_grad(mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """The mean NLL, with its gradient added to the parameters' ``.grad``: the fused C pass where it
     applies (CPU, C kernels and BLAS, not RIDE_MCGSM_IMPL=torch), else autograd by chunks."""
-    fused = mcgsm_nll_grad(mcgsm, inputs, outputs) if inputs.device.type == "cpu" and inputs.dim() == 2 else None
+    fused = mcgsm_nll_grad(mcgsm, inputs, outputs)  # None off the CPU and wherever it does not apply
     if fused is None:
         return _mean_nll(mcgsm, inputs, outputs, grad=True)
     loss, grads = fused
-    for param, grad in zip((mcgsm.priors, mcgsm.scales, mcgsm.weights, mcgsm.features, mcgsm.predictors), grads):
+    for param, grad in zip(mcgsm.parameters(), grads):  # mcgsm_nll_grad returns them in this order
         param.grad = grad if param.grad is None else param.grad + grad
     return loss
 
