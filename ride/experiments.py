@@ -162,6 +162,10 @@ def _validate_table(config: Config, table: str) -> None:
                 need(name, f"expectations.{scale}.gain_range")
                 if lo > hi:
                     raise ConfigError(f"{where}.gain_range.{name}: {lo} > {hi}")
+            for name in exp.get("order_seed_sd") or {}:
+                need(name, f"expectations.{scale}.order_seed_sd")
+                if name not in ordered:
+                    raise ConfigError(f"{where}.order_seed_sd.{name}: not a row of verdict.order")
         elif scale != "paper":
             raise ConfigError(
                 f"{where}: a non-paper scale needs an expectation; only the paper scale is judged "

@@ -19,7 +19,10 @@ reference row (``verdict.reference``) against the paper's gain over the paper's 
   clustered by test image, ``ride.statistics``): a row MISSes order when d + z s < -slack, i.e.
   when it is significantly more than the slack below its predecessor (one-sided, ``z`` is
   ``verdict.order_z``). The pair is stored in the row (``order_prev``, ``order_diff``,
-  ``order_diff_sem``), so ``ride table check`` rejudges from the CSV alone. Without per-tile rates
+  ``order_diff_sem``), so ``ride table check`` rejudges from the CSV alone. Where the scale's
+  expectation gives ``order_seed_sd`` for the row (the SD of d over training seeds, measured once),
+  s is sqrt(SEM^2 + SD^2): one seed's table is judged for what the protocol gives, not for what
+  that seed gave. Without per-tile rates
   (older eval JSONs, patch rows) the unpaired rule applies and the verdict says ``unpaired``: a row
   more than the slack below its predecessor is a MISS;
 * a column's value is the eval key ``columns.<c>.value`` (Table 3: ``bits_per_pixel_z``, rates on
@@ -338,6 +341,7 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
     check_order = paper or bool(expectation.get("order", True))
     columns = E.table_columns(config, table)
     z = number(spec["verdict"].get("order_z"))
+    seed_sd = {} if paper else dict(expectation.get("order_seed_sd") or {})
     for order in E.order_chains(config, table) if check_order else []:
         chain = [n for n in order if n in by and by[n]["status"] == "ours" and finite(by[n]["ours_bits_px"])
                  and n not in mixed]
@@ -347,13 +351,17 @@ def judge(rows: list[dict[str, Any]], config: Mapping[str, Any], table: str, sca
             a, b = float(by[prev]["ours_bits_px"]), float(by[cur]["ours_bits_px"])
             diff, sem = order_pairs(by[cur]).get(prev, (None, None))
             if z is not None and diff is not None and sem is not None and math.isfinite(diff) and sem >= 0:
-                if diff + z * sem < -chain_slack - 1e-12:
-                    problems[cur].append(f"order: {diff:+.3f} ± {sem:.3f} below {prev} "
-                                         f"(paired; {diff:+.3f} + {z:g} x {sem:.3f} < -{chain_slack:g})")
+                sd = float(seed_sd.get(cur, 0.0))
+                err = math.hypot(sem, sd)
+                if diff + z * err < -chain_slack - 1e-12:
+                    with_sd = f", seed SD {sd:.3f}" if sd else ""
+                    problems[cur].append(f"order: {diff:+.3f} ± {sem:.3f}{with_sd} below {prev} "
+                                         f"(paired; {diff:+.3f} + {z:g} x {err:.3f} < -{chain_slack:g})")
             elif b < a - chain_slack - 1e-12:
                 problems[cur].append(f"order: {b - a:+.3f} below {prev} (unpaired; slack {chain_slack:g})")
 
-    order_rule = f"order (paired: d + {z:g} SEM >= -{slack:g}; else unpaired, slack {slack:g})" if z is not None \
+    err = "sqrt(SEM^2 + seed SD^2)" if seed_sd else "SEM"
+    order_rule = f"order (paired: d + {z:g} {err} >= -{slack:g}; else unpaired, slack {slack:g})" if z is not None \
         else f"order (unpaired, slack {slack:g})"
     if paper:
         judged_by = f"paper: |ours - paper| <= tolerance; {order_rule}" if by_value else \

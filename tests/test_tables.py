@@ -349,6 +349,39 @@ def test_check_rejudges_the_paired_order_from_the_csv_alone(tmp_path, config):
     assert not ok and "unpaired" in msgs[0]
 
 
+def test_order_seed_sd_widens_the_paired_error_at_its_scale_only(tmp_path, config):
+    """A significant paired drop (d + z SEM < -slack) stops being a MISS at the quick scale when the
+    row's seed SD says seeds move d that much: MISS iff d + z sqrt(SEM^2 + SD^2) < -slack; the
+    CSV's check rejudges it, and the paper scale ignores the quick scale's seed SD."""
+    z = config["tables"]["table3"]["verdict"]["order_z"]
+    slack = config["tables"]["table3"]["expectations"]["quick"]["order_slack"]
+    precise = order_evals(0.05, noise=0.01)
+    paired = paired_difference_of_results(precise["ride64_l1_ext"], precise["ride64_l1"])
+    assert paired.mean + z * paired.sem < -slack
+    quick = copy.deepcopy(config)
+    exp = quick["tables"]["table3"]["expectations"]["quick"]
+    exp.pop("order_seed_sd", None)
+    assert "MISS: order" in rows_by_name(T.build_rows(quick, "table3", "quick", precise))["ride64_l1_ext"]["verdict"]
+    wide = (-slack - paired.mean) / z  # just enough: d + z sqrt(sem^2 + sd^2) > -slack
+    exp["order_seed_sd"] = {"ride64_l1_ext": 1.01 * wide}
+    row = rows_by_name(T.build_rows(quick, "table3", "quick", precise))["ride64_l1_ext"]
+    assert "order" not in row["verdict"] and "seed SD" in row["judged_by"], row
+    exp["order_seed_sd"] = {"ride64_l1_ext": 0.95 * math.sqrt(wide**2 - paired.sem**2)}
+    v = rows_by_name(T.build_rows(quick, "table3", "quick", precise))["ride64_l1_ext"]["verdict"]
+    assert "MISS: order" in v and "seed SD" in v
+    path = tmp_path / "table3.csv"
+    T.write_csv(T.build_rows(quick, "table3", "quick", precise), path)
+    assert not T.check_table(path, quick)[0]
+    exp["order_seed_sd"] = {"ride64_l1_ext": 1.01 * wide}
+    assert T.check_table(path, quick)[0]
+    # the paper scale never reads a scale's seed SD
+    assert "MISS" in rows_by_name(T.build_rows(quick, "table3", "paper", precise))["ride64_l1_ext"]["verdict"]
+    bad = copy.deepcopy(quick)
+    bad["tables"]["table3"]["expectations"]["quick"]["order_seed_sd"] = {"no_such_row": 0.01}
+    with pytest.raises(Exception, match="order_seed_sd"):
+        E.validate_config(bad)
+
+
 def test_table3_shows_zscored_rates_and_the_image_sem(tmp_path, config):
     evals, trains, _ = write_inputs(tmp_path, config, shifted())
     md_path = tmp_path / "table3.md"

@@ -78,6 +78,88 @@ class FusedMCGSM(torch.autograd.Function):
         return tuple(grads)
 
 
+class BlockedMCGSM(torch.autograd.Function):
+    """``log p(y | h)`` as :class:`FusedMCGSM`, in the blocked pass of :func:`mcgsm_nll_grad`
+    (``mcgsm_train_*``, where torch exports BLAS; every 128-row block stays in cache).
+
+    When a gradient will be needed, the forward also forms the gradients of ``sum_m log p_m``
+    (the exps are the expensive part, and both need them). The backward then only scales them
+    where the incoming gradient is one constant (a mean or sum loss: training); per-pixel weights
+    scale ``dh``/``dy`` row by row, and the parameter gradients are recomputed with the weights."""
+
+    @staticmethod
+    def forward(ctx, h, y, priors, scales, weights, features, predictors):  # type: ignore[override]
+        lp = h.new_empty(h.shape[0])
+        needs = ctx.needs_input_grad
+        args = (h, y, priors, scales, weights, features, predictors)
+        ctx.save_for_backward(*args)
+        ctx.unit = None
+        if any(needs):
+            dh = torch.empty_like(h) if needs[0] else None
+            dy = torch.empty_like(y) if needs[1] else None
+            ctx.unit = (dh, dy, _train_pass(*args, lp=lp, grad=True, dh=dh, dy=dy))
+        else:
+            _train_pass(*args, lp=lp)
+        return lp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        dh, dy, params = ctx.unit
+        grad = grad.contiguous()
+        constant = grad.numel() > 0 and bool((grad == grad[0]).all())
+        if constant:
+            c = grad[0]
+            params = [p * c for p in params]
+        else:
+            params = _train_pass(*ctx.saved_tensors, gw=grad, grad=True)
+        dh = None if dh is None else dh * grad[:, None]
+        dy = None if dy is None else dy * grad
+        return (dh, dy, *params)
+
+
+def _train_pass(h: torch.Tensor, y: torch.Tensor, priors: torch.Tensor, alpha: torch.Tensor, weights: torch.Tensor,
+                features: torch.Tensor, predictors: torch.Tensor, lp: torch.Tensor | None = None,
+                grad: bool = False, gw: torch.Tensor | None = None, dh: torch.Tensor | None = None,
+                dy: torch.Tensor | None = None, block: int = NLL_GRAD_BLOCK) -> list[torch.Tensor] | None:
+    """One ``mcgsm_train_*`` pass: per-row log p into ``lp``; with ``grad``, the gradients of
+    ``sum_m gw_m log p_m`` (``gw`` None: 1) with respect to (priors, alpha, weights, features,
+    predictors), returned in that order, and into ``dh`` / ``dy`` when given. ``alpha`` is the
+    (clamped) log-precision."""
+    lib = c_kernels()
+    gemm, set_threads = gemm_args(h.dtype)
+    (k, s), (d, f), m = priors.shape, features.shape, h.shape[0]
+    ks, n = k * s, f + k
+    both = torch.cat([features, predictors], 1).contiguous()
+    w2 = weights.square().contiguous()
+    eta = priors.t().contiguous()  # scale-major (S x K): the kernel's loops run over components
+    nh = (-0.5 * alpha.exp()).t().contiguous()
+    cst = (0.5 * alpha - 0.5 * math.log(2 * math.pi)).t().contiguous()
+    nthreads = max(1, min(torch.get_num_threads(), -(-m // block)))
+    acc = torch.zeros(nthreads, 1 + 2 * ks + k * f + d * n, dtype=torch.float64)  # the kernel's row layout
+    work = torch.empty(nthreads * lib.mcgsm_nll_grad_work(block, d, k, s, f), dtype=h.dtype)
+    fn = lib.mcgsm_train_f32 if h.dtype == torch.float32 else lib.mcgsm_train_f64
+
+    def ptr(t: torch.Tensor | None) -> int | None:
+        return None if t is None else t.data_ptr()
+
+    fn(m, d, k, s, f, h.data_ptr(), y.data_ptr(), both.data_ptr(), w2.data_ptr(), eta.data_ptr(), nh.data_ptr(),
+       cst.data_ptr(), acc.data_ptr(), work.data_ptr(), block, nthreads, gemm, set_threads, ptr(gw), ptr(lp),
+       int(grad), ptr(dh), ptr(dy))
+    if not grad:
+        return None
+    total = acc.sum(0)
+    d_eta, d_alpha, d_w, d_both = total[1:].split([ks, ks, k * f, d * n])
+    dtype = h.dtype
+    return [
+        d_eta.view(s, k).t().to(dtype),
+        d_alpha.view(s, k).t().to(dtype),
+        (2.0 * weights.double() * d_w.view(k, f)).to(dtype),
+        d_both.view(d, n)[:, :f].to(dtype),
+        d_both.view(d, n)[:, f:].to(dtype),
+    ]
+
+
 def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor,
                    fallback: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Same as ``mcgsm.log_prob(inputs, outputs)`` (ride.mcgsm.MCGSM), fused on the CPU.
@@ -92,7 +174,9 @@ def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
     shape = outputs.shape
     h = inputs.reshape(-1, inputs.shape[-1]).contiguous()
     y = outputs.reshape(-1).contiguous()
-    out = FusedMCGSM.apply(h, y, mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)
+    blocked = gemm_args(h.dtype)[0] is not None and os.environ.get("RIDE_MCGSM_IMPL", "auto") != "unblocked"
+    fused = BlockedMCGSM if blocked else FusedMCGSM
+    out = fused.apply(h, y, mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)
     return out.view(shape)
 
 

