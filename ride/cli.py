@@ -146,6 +146,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     doc["tables"] = list(args.tables)
     write_text(args.out, json.dumps(doc, indent=2) + "\n")
     print(f"max per-row SD {doc['max_sd']:.4f} bit/px over {doc['num_seeds']} seeds -> tolerance {doc['tolerance']:.4f}")
+    for name, o in doc["order"].items():
+        print(f"  {name} - {o['prev']}: d = {' '.join(f'{d:+.4f}' for d in o['diffs'])}; mean {o['mean']:+.4f}, "
+              f"seed SD {o['sd']:.4f}")
     return 0
 
 
@@ -246,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "'nothing to judge' for a table without a judged row")
     q.add_argument("tables", nargs="+", help="results/<scale>/<table>.csv")
     q.add_argument("--config", help="recompute the verdicts with this config first (config/config.yaml)")
-    q = table_sub.add_parser("spread", help="seed-to-seed spread of several tables -> the smoke test's tolerance")
+    q = table_sub.add_parser("spread", help="seed-to-seed spread of several tables: the smoke test's tolerance, the paired order differences' SD")
     q.add_argument("tables", nargs="+", help="the same table from runs with different training seeds")
     q.add_argument("--out", required=True, help="JSON file to write")
     q.add_argument("--factor", type=float, default=3.0, help="tolerance = factor x the largest per-row SD")

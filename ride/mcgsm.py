@@ -66,7 +66,7 @@ class MCGSM(nn.Module):
     def log_prob(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """``log p(outputs | inputs)`` in nats; inputs ``... x dim_in``, outputs ``...``.
 
-        On the CPU (float32/float64, where the C kernels compiled) the mixture part runs fused
+        On the CPU (float32/float64, where the C kernels compiled) it runs fused
         (``ride.kernels.mcgsm_log_prob``: same values and gradients, tests/test_slstm_fast.py);
         elsewhere, or with ``RIDE_MCGSM_IMPL=torch``, it is :meth:`reference_log_prob` (which
         also checks the input width: the fused path hands mismatched inputs to it).

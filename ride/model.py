@@ -13,7 +13,7 @@ from torch import nn
 
 from .mcgsm import MCGSM
 from .neighborhood import Neighborhood, check_images
-from .slstm import SLSTMStack
+from .slstm import SLSTMStack, from_diagonal, to_diagonal
 from .whitening import ConditionalWhitening
 
 
@@ -97,8 +97,18 @@ class RIDE(nn.Module):
 
     def log_prob(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel conditional log-likelihoods in nats, shape ``N x H' x W'``."""
-        hidden, white_out = self.features(images)
-        return self.mcgsm.log_prob(hidden, white_out) + self.whitening.log_jacobian
+        inputs, targets = self.neighborhood.extract(images)
+        white_in, white_out = self.whitening(inputs, targets)
+        diagonal = self.slstm.diagonal_states(white_in, impl=self.impl)
+        if diagonal is None:
+            log_p = self.mcgsm.log_prob(self.slstm(white_in, impl=self.impl), white_out)
+        else:
+            # The MCGSM is per pixel: it scores the fused sweeps' layout, and only the targets and
+            # the log-densities (one value per pixel, not one hidden vector) change layout.
+            hd, plan, groups = diagonal
+            yd = to_diagonal(white_out.unsqueeze(-1), plan, groups).squeeze(-1)
+            log_p = from_diagonal(self.mcgsm.log_prob(hd, yd).unsqueeze(-1), plan, images.shape[0]).squeeze(-1)
+        return log_p + self.whitening.log_jacobian
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood per scored pixel (nats)."""

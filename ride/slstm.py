@@ -92,6 +92,9 @@ class _Plan:
 _PLANS: dict[tuple[int, int, str], _Plan] = {}
 
 
+_FUSED = ("fused", "fused_torch", "fused_triton")
+
+
 def _plan(height: int, width: int, device: torch.device) -> _Plan:
     key = (height, width, str(device))
     plan = _PLANS.get(key)
@@ -279,18 +282,32 @@ class SLSTMStack(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        impl = resolve_impl(impl, x)
-        if impl in ("fused", "fused_torch", "fused_triton") and self.layers:
-            self.layers[0]._check(x)
-            if x.numel() == 0:
-                return x.new_zeros(*x.shape[:-1], self.hidden_size)
-            # One layout change for the whole stack: every layer works on diagonal-major tensors.
-            plan = _plan(x.shape[1], x.shape[2], x.device)
-            groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
-            xd = to_diagonal(x, plan, groups)
-            for layer in self.layers:
-                xd = layer.forward_diagonal(xd, plan, impl)
+        diagonal = self.diagonal_states(x, impl)
+        if diagonal is not None:
+            xd, plan, _ = diagonal
             return from_diagonal(xd, plan, x.shape[0])
+        if resolve_impl(impl, x) in _FUSED and self.layers:  # no pixels
+            return x.new_zeros(*x.shape[:-1], self.hidden_size)
         for layer in self.layers:
             x = layer(x, impl=impl)
         return x
+
+    def diagonal_states(self, x: torch.Tensor, impl: str = "auto") -> tuple[torch.Tensor, _Plan, int] | None:
+        """The top layer's states of ``N x H x W x F`` inputs in the fused sweeps' diagonal-major
+        layout (``G x P x M x hidden``, see :func:`to_diagonal`), with the plan and the number of
+        image groups G; None where ``impl`` is not a fused sweep, without layers or pixels. A
+        per-pixel consumer (the MCGSM) reads this layout directly and so skips the permutation of
+        every pixel's hidden vector that :meth:`forward` ends with."""
+        impl = resolve_impl(impl, x)
+        if impl not in _FUSED or not self.layers:
+            return None
+        self.layers[0]._check(x)
+        if x.numel() == 0:
+            return None
+        # One layout change for the whole stack: every layer works on diagonal-major tensors.
+        plan = _plan(x.shape[1], x.shape[2], x.device)
+        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
+        xd = to_diagonal(x, plan, groups)
+        for layer in self.layers:
+            xd = layer.forward_diagonal(xd, plan, impl)
+        return xd, plan, groups

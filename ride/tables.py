@@ -606,7 +606,9 @@ def seed_spread(tables: Sequence[Sequence[Mapping[str, Any]]], factor: float = 3
     """Per-row standard deviation of ``ours_bits_px`` across tables of different seeds.
 
     Returns the spreads and ``tolerance = max(factor * largest row SD, floor)``: the tolerance
-    the smoke test allows between a fresh smoke run and the committed smoke references.
+    the smoke test allows between a fresh smoke run and the committed smoke references; and
+    ``order``: per ordered row with a paired difference d to its predecessor in every table, the
+    seeds' d, their SEMs, mean and SD (sample SD, n - 1): an expectation's ``order_seed_sd``.
     """
     if len(tables) < 2:
         raise ValueError("need tables from at least two seeds")
@@ -618,10 +620,22 @@ def seed_spread(tables: Sequence[Sequence[Mapping[str, Any]]], factor: float = 3
                 values.setdefault(r["row"], []).append(v)
     sd = {k: statistics.stdev(v) for k, v in values.items() if len(v) >= 2}
     largest = max(sd.values()) if sd else 0.0
+    # Paired order differences d (this row - its predecessor, same tiles), where every table has one.
+    order: dict[str, dict[str, Any]] = {}
+    first = {r["row"]: r for r in tables[0]}
+    for name, row in first.items():
+        for prev in order_pairs(row):
+            pairs = [order_pairs(next((r for r in rows if r["row"] == name), {})).get(prev, (None, None))
+                     for rows in tables]
+            if all(d is not None and e is not None and math.isfinite(d) for d, e in pairs):
+                diffs = [d for d, _ in pairs]
+                order[name] = {"prev": prev, "diffs": diffs, "sems": [e for _, e in pairs],
+                               "mean": statistics.fmean(diffs), "sd": statistics.stdev(diffs)}
     return {
         "num_seeds": len(tables),
         "values": values,
         "sd": sd,
+        "order": order,
         "max_sd": largest,
         "factor": factor,
         "floor": floor,

@@ -75,6 +75,24 @@ def test_gradients_equal_reference_float64(device, impl, extended):
             assert torch.allclose(a, b, atol=1e-10), (shape, (a - b).abs().max())
 
 
+@pytest.mark.parametrize("blas", ["in the kernels", "torch GEMMs"])
+def test_fused_c_sweeps_with_and_without_blas_pointers(monkeypatch, blas):
+    """The C sweeps call BLAS per thread where torch exports it (the weight gradient formed inside
+    the backward kernel) and torch GEMMs per diagonal / per chunk where not: both equal the
+    reference, with several backward chunks."""
+    from ride.kernels import build
+
+    if kernels.c_kernels() is None:
+        pytest.skip(f"C kernels unavailable: {kernels.c_kernels_error()}")
+    if blas == "torch GEMMs":
+        monkeypatch.setattr(build, "_blas", {})
+    elif not build.blas_pointers():
+        pytest.skip("torch exports no BLAS symbols here")
+    monkeypatch.setattr(fused_slstm, "_CHUNK_ROWS", 16)
+    for extended in (False, True):
+        _assert_fused_equals_reference(_randomise(SLSTMStack(3, 4, 2, extended).double(), seed=8))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("extended", [False, True])
@@ -332,18 +350,30 @@ def test_installed_package_builds_the_kernels(tmp_path):
     assert out[0].startswith(str(tmp_path / "cache")) and out[1] == "True"
 
 
+@pytest.mark.parametrize("impl", ["blocked", "unblocked"])
+@pytest.mark.parametrize("weighting", ["per-pixel", "constant"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_mcgsm_equals_mcgsm(dtype):
+def test_fused_mcgsm_equals_mcgsm(monkeypatch, dtype, weighting, impl):
+    """Values and every gradient of both fused paths equal the reference: the blocked pass (BLAS
+    builds; 3 blocks of 128 rows here) for per-pixel output gradients (recomputed) and for one
+    constant gradient (a mean loss: the forward's gradients, scaled), and FusedMCGSM."""
+    from ride.kernels.build import gemm_args
     from ride.mcgsm import MCGSM
 
+    if impl == "blocked" and (kernels.c_kernels() is None or gemm_args(dtype)[0] is None):
+        pytest.skip("the blocked MCGSM needs the C kernels and torch's BLAS pointers")
+    monkeypatch.setenv("RIDE_MCGSM_IMPL", "auto" if impl == "blocked" else "unblocked")
     torch.manual_seed(17)
     mcgsm = MCGSM(6, 3, 2, 4).to(dtype)
     with torch.no_grad():
         for p in mcgsm.parameters():
             p.normal_()
-    h = torch.randn(3, 4, 5, 6, dtype=dtype)
-    y = torch.randn(3, 4, 5, dtype=dtype)
-    weights = torch.randn(3, 4, 5, dtype=dtype)
+    h = torch.randn(3, 4, 25, 6, dtype=dtype)
+    y = torch.randn(3, 4, 25, dtype=dtype)
+    weights = torch.randn(3, 4, 25, dtype=dtype) if weighting == "per-pixel" else torch.full((3, 4, 25), -0.37, dtype=dtype)
+    used = []
+    for cls in (fused_mcgsm.BlockedMCGSM, fused_mcgsm.FusedMCGSM):
+        monkeypatch.setattr(cls, "apply", (lambda c, f: lambda *a: used.append(c.__name__) or f(*a))(cls, cls.apply))
     results = {}
     for name, fn in (("fused", kernels.mcgsm_log_prob), ("plain", lambda m, a, b: m.reference_log_prob(a, b))):
         mcgsm.zero_grad()
@@ -351,18 +381,21 @@ def test_fused_mcgsm_equals_mcgsm(dtype):
         out = fn(mcgsm, hi, yi)
         (out * weights).sum().backward()
         results[name] = [out.detach(), hi.grad, yi.grad] + [p.grad.clone() for p in mcgsm.parameters()]
+    assert used == [{"blocked": "BlockedMCGSM", "unblocked": "FusedMCGSM"}[impl]]
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     for a, b in zip(results["fused"], results["plain"]):
         assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
 
 
-def test_fused_mcgsm_gradcheck():
+@pytest.mark.parametrize("impl", ["auto", "unblocked"])
+def test_fused_mcgsm_gradcheck(monkeypatch, impl):
     from types import SimpleNamespace
 
     from ride.mcgsm import MCGSM
 
     if kernels.c_kernels() is None:
         pytest.skip("the fused MCGSM needs the C kernels")
+    monkeypatch.setenv("RIDE_MCGSM_IMPL", impl)
     torch.manual_seed(18)
     mcgsm = MCGSM(3, 2, 3, 2).double()
     with torch.no_grad():
@@ -553,8 +586,8 @@ def test_mcgsm_log_prob_routes_through_the_fused_kernel_on_cpu(monkeypatch):
     if kernels.c_kernels() is None:
         pytest.skip("the fused MCGSM needs the C kernels")
     calls = []
-    original = fused_mcgsm.FusedMCGSM.apply
-    monkeypatch.setattr(fused_mcgsm.FusedMCGSM, "apply", lambda *a: calls.append(1) or original(*a))
+    for cls in (fused_mcgsm.BlockedMCGSM, fused_mcgsm.FusedMCGSM):
+        monkeypatch.setattr(cls, "apply", (lambda f: lambda *a: calls.append(1) or f(*a))(cls.apply))
     torch.manual_seed(19)
     mcgsm = MCGSM(5, 3, 2, 4)
     h, y = torch.randn(7, 5), torch.randn(7)

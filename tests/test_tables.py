@@ -565,6 +565,22 @@ def test_seed_spread_and_reference_comparison(config):
         T.seed_spread(tables[:1])
 
 
+def test_seed_spread_of_the_paired_order_differences(config):
+    """Seeds whose ride64_l1_ext lies 0.01, 0.02, 0.06 below ride64_l1 (paired, same tiles): the
+    order spread is the sample SD of those differences, per row, with its predecessor."""
+    tables = []
+    for i, drop in enumerate((0.01, 0.02, 0.06)):
+        evals = order_evals(drop, noise=0.01)
+        tables.append(T.build_rows(config, "table3", "quick", evals))
+    spread = T.seed_spread(tables)["order"]
+    ext = spread["ride64_l1_ext"]
+    assert ext["prev"] == "ride64_l1"
+    assert ext["diffs"] == pytest.approx([-0.01, -0.02, -0.06], abs=1e-5)
+    assert ext["sd"] == pytest.approx(float(np.std([0.01, 0.02, 0.06], ddof=1)), abs=1e-5)
+    assert ext["mean"] == pytest.approx(-0.03, abs=1e-5) and all(e > 0 for e in ext["sems"])
+    assert spread["ride64_l3"]["sd"] < 1e-5  # rows whose pair is unchanged: no spread
+
+
 def test_figure2_files(tmp_path, config):
     evals = {}
     for base, nb, name in E.figure_variants(config, "figure2", "quick"):

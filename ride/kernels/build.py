@@ -100,7 +100,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i, p, i64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
     signatures = {
         "slstm_fwd": [i, i, i, i, p, p, p, p, i, i, i, p, p, i, i, i, i, i, p, p, p, p, i, p],
-        "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i, p, p, p, p],
+        "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i, p, p, p, p, i, p, i, p],
         "mcgsm_fwd": [i64, i, i, p, p, p, p, p, p, p, p, i],
         "mcgsm_bwd": [i64, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i],
         "mcgsm_nll_grad": [i64, i, i, i, i, p, p, p, p, p, p, p, p, p, i, i, p, p],

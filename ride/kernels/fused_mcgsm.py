@@ -1,5 +1,7 @@
 """The factorized MCGSM's likelihood with its ``M x K x S`` mixture part fused into C kernels
-(``mcgsm.cpp``, CPU); ``ride.mcgsm.MCGSM.log_prob`` delegates here on the CPU.
+(``mcgsm.cpp``, CPU); ``ride.mcgsm.MCGSM.log_prob`` delegates here on the CPU: to
+:class:`BlockedMCGSM` where torch exports BLAS, else (or ``RIDE_MCGSM_IMPL=unblocked``) to
+:class:`FusedMCGSM`.
 :func:`mcgsm_nll_grad` is the value and parameter gradient of the mean NLL on fixed inputs in
 one C pass (the L-BFGS refinement's closure, ride/refine.py)."""
 from __future__ import annotations

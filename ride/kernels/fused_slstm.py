@@ -5,11 +5,11 @@ Every pixel's GEMM input ``y = [x, h_left, h_up(, c_left, c_up)]`` is kept. Forw
 anti-diagonal: one GEMM ``z = b + y A^T`` (input and recurrent halves together) and one fused
 pointwise kernel that applies the gates and writes the diagonal's states into the next
 diagonal's rows of ``y``. Backward: the diagonals in reverse, computing only state gradients (one
-fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradients are one large
-GEMM ``dz^T y`` per chunk of ~32k rows (plus the input gradient ``dz A_in``). On the CPU the
-pointwise kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`), which also run the
-per-diagonal GEMMs where torch exports BLAS; elsewhere (CUDA, no compiler) the same sweeps run
-with torch ops. Without autograd a lighter forward (:func:`fused_inference`) keeps only rolling
+fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradients are one GEMM
+``y^T dz`` per chunk of ~4k rows (plus the input gradient ``dz A_in``). On the CPU the pointwise
+kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`), which also run the per-diagonal
+GEMMs where torch exports BLAS, the weight gradient's included (per thread, on the rows it just
+wrote); elsewhere (CUDA, no compiler) the same sweeps run with torch ops. Without autograd a lighter forward (:func:`fused_inference`) keeps only rolling
 buffers.
 
 A ``plan`` argument is a ``ride.slstm`` diagonal plan: ``spans`` (per diagonal: offset, first
@@ -118,11 +118,14 @@ class FusedSLSTM(torch.autograd.Function):
         grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
         sweep = _BACKWARD[ctx.mode]
 
+        # The C sweep forms the weight gradient inside its kernels, per thread, where BLAS is there.
+        in_kernel = grad_w is not None and ctx.mode == "c" and gemm_args(inputs.dtype)[0] is not None
+
         def run(g: int) -> None:
             def flush(p0: int, p1: int, dz: torch.Tensor) -> None:
                 """Gradients of pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
                 rows = (p1 - p0) * per
-                if grad_w is not None:
+                if grad_w is not None and not in_kernel:
                     grad_w[g].addmm_(inputs[g, p0:p1].view(rows, -1).t(), dz)
                 if grad_x is not None:
                     torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
@@ -130,7 +133,13 @@ class FusedSLSTM(torch.autograd.Function):
             # dL/d(pre-activations) lives in a buffer of about _CHUNK_ROWS rows (the saved gates
             # stay intact, so a graph kept with retain_graph=True can be differentiated again);
             # every finished chunk of diagonals is flushed into the weight and input gradients.
-            dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush)
+            extra = {}
+            if in_kernel:
+                acc = inputs.new_zeros(torch.get_num_threads(), inputs.shape[3], 5 * h)
+                extra["wgrad"] = (inputs[g], acc)
+            dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush, **extra)
+            if in_kernel:
+                grad_w[g].add_(acc.sum(0))
             if grad_b is not None:
                 grad_b[g].copy_(dbias)
 
@@ -274,7 +283,10 @@ def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
     return hidden
 
 
-def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None):
+    """The reverse sweep with the C kernels. ``wgrad = (inputs, acc)``, where the kernels call
+    BLAS: every thread adds ``inputs^T dz`` of its rows to ``acc[thread]`` (``threads x k_all x 5h``)
+    per diagonal, so ``flush`` need not form the weight gradient."""
     lib = c_kernels()
     fn = lib.slstm_bwd_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_f64
     gemm, set_threads = gemm_args(gates.dtype)
@@ -295,6 +307,12 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
     z0, dz0, c0, h0, go0 = _ptr(gates), _ptr(dzbuf), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
     w0 = _ptr(weight_rec)
     ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
+    if wgrad is not None and gemm is not None:
+        y_all, acc = wgrad
+        k_all, y_row, gw = y_all.shape[2], n_img * y_all.shape[2] * isz, _ptr(acc)
+        y_all = _ptr(y_all)
+    else:
+        k_all, y_row, gw, y_all = 0, 0, None, 0
     nlo, nhi = 1, 0  # rows of the next diagonal (none yet)
     steps = plan.steps
     for d_first, d_last, p0, p1 in groups:
@@ -309,14 +327,15 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
             d_in, d_out = d_recs[(d + 1) % 2], d_recs[d % 2]
             local = off - p0
             use_gemm = gemm is not None and d > 0
-            if use_gemm:
+            if use_gemm or gw is not None:
                 threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
             else:
                 threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
             fn(rows, n_img, h, lo, z0 + off * g_row, dz0 + local * g_row, c0 + off * s_row, h0 + off * s_row,
                go0 + off * s_row, cprev, plo, phi, _ptr(d_in), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
                _ptr(dcin), _ptr(dcout), _ptr(dbias), threads,
-               gemm if use_gemm else None, set_threads, w0, _ptr(d_out) + lo * r_row)
+               gemm if use_gemm or gw is not None else None, set_threads, w0, _ptr(d_out) + lo * r_row,
+               int(use_gemm), y_all + off * y_row, k_all, gw)
             if d > 0 and not use_gemm:
                 torch.mm(dzbuf[local * n_img : (local + rows) * n_img], weight_rec,
                          out=d_out[lo : hi + 1].view(rows * n_img, k_rec))

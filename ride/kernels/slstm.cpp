@@ -101,12 +101,16 @@ void NAME(int L, int N, int h, int lo, T *z, T *c, T *hh, const T *cin, int kc, 
  *          dh_left at column hl, dh_up at hu, and when ext dc_left at ecl, dc_up at ecu.
  *   dcin : (H+1, N, 2h) full buffer, next diagonal's dc*f_c (columns 0..h) and dc*f_r (h..2h).
  *   dcout: same layout, written for this diagonal's rows (may not alias dcin).
+ * With gemm, each thread also runs on its rows: drec = dz @ wrec when rec (the recurrent
+ * inputs' gradient), and when gw is not NULL gw[t] += y^T dz (the weight gradient, transposed:
+ * kall x 5h per thread, y the diagonal's GEMM inputs with row length kall) while dz is in cache.
  */
 #define DEFINE_BWD(NAME, T, GEMM)                                                                \
 void NAME(int L, int N, int h, int lo, const T *z, T *dz, const T *c, const T *hh, const T *gout, \
           const T *cprev, int plo, int phi, const T *db, int kb, int hl, int hu, int ext,        \
           int ecl, int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads,    \
-          GEMM gemm, set_threads_t set_threads, const T *wrec, T *drec) {                         \
+          GEMM gemm, set_threads_t set_threads, const T *wrec, T *drec, int rec, const T *y,     \
+          int kall, T *gw) {                                                                       \
     const int64_t h5 = 5 * (int64_t)h, total = (int64_t)L * N;                                   \
     _Pragma("omp parallel num_threads(nthreads)")                                                 \
     {                                                                                              \
@@ -147,11 +151,14 @@ void NAME(int L, int N, int h, int lo, const T *z, T *dz, const T *c, const T *h
             dco[h + k] = dc * fr;                                                                  \
         }                                                                                          \
     }                                                                                              \
-    if (gemm && q1 > q0) {                                                                         \
-        /* drec[q0:q1] = dz[q0:q1] @ wrec (wrec: 5h x kb row-major) on this thread's rows */        \
+    if (gemm && (rec || gw) && q1 > q0) {                                                         \
         int m = (int)(q1 - q0), n5 = 5 * h, prev = set_threads ? set_threads(1) : 0;              \
         T one = 1, zero = 0;                                                                       \
-        gemm("N", "N", &kb, &m, &n5, &one, wrec, &kb, dz + q0 * h5, &n5, &zero, drec + q0 * kb, &kb); \
+        /* drec[q0:q1] = dz[q0:q1] @ wrec (wrec: 5h x kb row-major) on this thread's rows */        \
+        if (rec) gemm("N", "N", &kb, &m, &n5, &one, wrec, &kb, dz + q0 * h5, &n5, &zero, drec + q0 * kb, &kb); \
+        /* gw[t] (kall x 5h row-major) += y[q0:q1]^T dz[q0:q1] */                                    \
+        if (gw) gemm("N", "T", &n5, &kall, &m, &one, dz + q0 * h5, &n5, y + q0 * kall, &kall, &one,  \
+                     gw + (int64_t)t * kall * h5, &n5);                                             \
         if (set_threads) set_threads(prev);                                                        \
     }                                                                                              \
     }                                                                                              \
