@@ -201,7 +201,7 @@ def test_smoke_end_to_end(smoke_run):
         assert prov["models"][v]["sha256"] == sha256(model)
     # every rule logged under logs/smoke/
     logs = work / "logs" / "smoke"
-    for name in ("deadleaves.log", "table3/table.log", "figure2.log", "configured_scale.log"):
+    for name in ("deadleaves.log", "table3/table.log", "figure2.log", "configured_scale/table3.csv.log"):
         assert (logs / name).exists(), name
     for v in E.trained_variants(config, "table3"):
         assert (logs / "table3" / "train" / f"{v}.log").exists()

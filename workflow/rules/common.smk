@@ -1,5 +1,7 @@
 # Which jobs exist at which scale, and their paths: all of it is ride.experiments (tested there).
 
+import re
+
 from ride import experiments as E
 
 try:
@@ -72,6 +74,16 @@ def copies(scale):
     pairs = [(E.result_file(scale, t, s), f"results/{t}{s}") for t in E.default_tables(config, scale) for s in (".csv", ".md")]
     pairs += [(E.result_file(scale, f, s), f"results/{f}{s}") for f in E.figure_names(config, scale) for s in (".csv", ".png")]
     return pairs
+
+
+def copy_source(name):
+    """The configured scale's file behind the untracked copy results/<name>."""
+    return dict((dst, src) for src, dst in copies(SCALE))[f"results/{name}"]
+
+
+def copy_pattern():
+    """Wildcard constraint of results/<name>: exactly the configured scale's copies."""
+    return "|".join(re.escape(dst[len("results/"):]) for _, dst in copies(SCALE)) or "(?!)"
 
 
 def cited_run_files(scale):

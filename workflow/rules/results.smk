@@ -60,13 +60,16 @@ rule figure:
 
 rule configured_scale:
     """results/<table>.* and results/<figure>.*: untracked copies of the configured scale's files
-    (every row names its scale). The committed results live in results/<scale>/ only."""
+    (every row names its scale). The committed results live in results/<scale>/ only. One job
+    per file, so that `snakemake results/table3.csv` builds Table 3 and nothing else."""
     input:
-        [src for src, _ in copies(SCALE)],
+        lambda wc: copy_source(wc.file),
     output:
-        [dst for _, dst in copies(SCALE)],
+        "results/{file}",
+    wildcard_constraints:
+        file=copy_pattern(),
     log:
-        f"logs/{SCALE}/configured_scale.log",
+        f"logs/{SCALE}/configured_scale/" + "{file}.log",
     conda:
         ENV
     script:
