@@ -9,8 +9,8 @@ fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradien
 ``y^T dz`` per chunk of ~4k rows (plus the input gradient ``dz A_in``). On the CPU the pointwise
 kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`), which also run the per-diagonal
 GEMMs where torch exports BLAS, the weight gradient's included (per thread, on the rows it just
-wrote); elsewhere (CUDA, no compiler) the same sweeps run with torch ops. Without autograd a lighter forward (:func:`fused_inference`) keeps only rolling
-buffers.
+wrote); elsewhere (CUDA, no compiler) the same sweeps run with torch ops. Without autograd a
+lighter forward (:func:`fused_inference`) keeps only rolling buffers.
 
 A ``plan`` argument is a ``ride.slstm`` diagonal plan: ``spans`` (per diagonal: offset, first
 row, last row), ``steps`` (the same with the previous diagonal's span), ``height``, and

@@ -89,6 +89,8 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
  *   [sum log p, d/deta (S x K), d/dalpha (S x K), sum_m de_mc f_mn^2 (K x F), d/dboth (D x (F+K))]
  *   to its row. Blocks are summed in T and added to the float64 rows, so float32 sums of many
  *   pixels keep float64 accuracy across blocks.
+ * Training (mcgsm_train_*): gw weights row m's log p (NULL: 1), lp receives every row's log p,
+ * grad = 0 stops after the values, dh (M x D) and dy (M) receive the rows' input gradients.
  */
 static inline int64_t mcgsm_nll_grad_work_(int block, int D, int K, int S, int F) {
     const int64_t N = F + K, KS = (int64_t)K * S;
@@ -253,7 +255,7 @@ void mcgsm_nll_grad_f64(int64_t M, int D, int K, int S, int F, const double *h, 
     mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
                     (const double *)0, (double *)0, 1, (double *)0, (double *)0);
 }
-/* The same pass for training (FusedMCGSM): per-row log p into lp (when not NULL); with grad, the
+/* The same pass for training (BlockedMCGSM, fused_mcgsm.py): per-row log p into lp (when not NULL); with grad, the
  * gradients of sum_m gw_m log p_m (gw NULL: 1) into acc, and into dh (M x D) and dy (M) when not NULL. */
 void mcgsm_train_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
                      const float *w2, const float *eta, const float *nh, const float *cst, double *acc, float *work,
