@@ -103,7 +103,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i, p, p, p, p, i, p, i, p],
         "mcgsm_fwd": [i64, i, i, p, p, p, p, p, p, p, p, i],
         "mcgsm_bwd": [i64, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i],
-        "mcgsm_nll_grad": [i64, i, i, i, i, p, p, p, p, p, p, p, p, p, i, i, p, p],
         "mcgsm_train": [i64, i, i, i, i, p, p, p, p, p, p, p, p, p, i, i, p, p, p, p, i, p, p],
     }
     for stem, argtypes in signatures.items():

@@ -99,7 +99,8 @@ class BlockedMCGSM(torch.autograd.Function):
         if any(needs):
             dh = torch.empty_like(h) if needs[0] else None
             dy = torch.empty_like(y) if needs[1] else None
-            ctx.unit = (dh, dy, _train_pass(*args, lp=lp, grad=True, dh=dh, dy=dy))
+            grads = _train_pass(*args, lp=lp, grad=True, dh=dh, dy=dy)[1]
+            ctx.unit = (dh, dy, [g.to(h.dtype) for g in grads])
         else:
             _train_pass(*args, lp=lp)
         return lp
@@ -114,7 +115,7 @@ class BlockedMCGSM(torch.autograd.Function):
             c = grad[0]
             params = [p * c for p in params]
         else:
-            params = _train_pass(*ctx.saved_tensors, gw=grad, grad=True)
+            params = [g.to(grad.dtype) for g in _train_pass(*ctx.saved_tensors, gw=grad, grad=True)[1]]
         dh = None if dh is None else dh * grad[:, None]
         dy = None if dy is None else dy * grad
         return (dh, dy, *params)
@@ -123,11 +124,12 @@ class BlockedMCGSM(torch.autograd.Function):
 def _train_pass(h: torch.Tensor, y: torch.Tensor, priors: torch.Tensor, alpha: torch.Tensor, weights: torch.Tensor,
                 features: torch.Tensor, predictors: torch.Tensor, lp: torch.Tensor | None = None,
                 grad: bool = False, gw: torch.Tensor | None = None, dh: torch.Tensor | None = None,
-                dy: torch.Tensor | None = None, block: int = NLL_GRAD_BLOCK) -> list[torch.Tensor] | None:
-    """One ``mcgsm_train_*`` pass: per-row log p into ``lp``; with ``grad``, the gradients of
-    ``sum_m gw_m log p_m`` (``gw`` None: 1) with respect to (priors, alpha, weights, features,
-    predictors), returned in that order, and into ``dh`` / ``dy`` when given. ``alpha`` is the
-    (clamped) log-precision."""
+                dy: torch.Tensor | None = None, block: int = NLL_GRAD_BLOCK) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One ``mcgsm_train_*`` pass over the inputs' rows: per-row log p into ``lp``; returns
+    ``sum_m gw_m log p_m`` (``gw`` None: 1) and, with ``grad``, its gradients with respect to
+    (priors, alpha, weights, features, predictors) in that order, all float64 (summed across
+    blocks in float64); with ``grad`` also the rows' input gradients into ``dh`` / ``dy`` when
+    given. ``alpha`` is the (clamped) log-precision."""
     lib = c_kernels()
     gemm, set_threads = gemm_args(h.dtype)
     (k, s), (d, f), m = priors.shape, features.shape, h.shape[0]
@@ -148,17 +150,16 @@ def _train_pass(h: torch.Tensor, y: torch.Tensor, priors: torch.Tensor, alpha: t
     fn(m, d, k, s, f, h.data_ptr(), y.data_ptr(), both.data_ptr(), w2.data_ptr(), eta.data_ptr(), nh.data_ptr(),
        cst.data_ptr(), acc.data_ptr(), work.data_ptr(), block, nthreads, gemm, set_threads, ptr(gw), ptr(lp),
        int(grad), ptr(dh), ptr(dy))
-    if not grad:
-        return None
     total = acc.sum(0)
+    if not grad:
+        return total[0], []
     d_eta, d_alpha, d_w, d_both = total[1:].split([ks, ks, k * f, d * n])
-    dtype = h.dtype
-    return [
-        d_eta.view(s, k).t().to(dtype),
-        d_alpha.view(s, k).t().to(dtype),
-        (2.0 * weights.double() * d_w.view(k, f)).to(dtype),
-        d_both.view(d, n)[:, :f].to(dtype),
-        d_both.view(d, n)[:, f:].to(dtype),
+    return total[0], [
+        d_eta.view(s, k).t(),
+        d_alpha.view(s, k).t(),
+        2.0 * weights.double() * d_w.view(k, f),
+        d_both.view(d, n)[:, :f],
+        d_both.view(d, n)[:, f:],
     ]
 
 
@@ -188,7 +189,7 @@ def mcgsm_nll_grad(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
                    block: int = NLL_GRAD_BLOCK) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
     """Mean negative log-likelihood of ``outputs`` (M) given fixed ``inputs`` (M x D) and its
     gradient with respect to ``mcgsm.parameters()`` (priors, scales, weights, features,
-    predictors), in one fused C pass (``mcgsm_nll_grad_*`` in mcgsm.cpp, BLAS for the products).
+    predictors), in one fused C pass (``mcgsm_train_*`` in mcgsm.cpp, BLAS for the products).
 
     Returns ``(float64 scalar, [gradients in the parameters' dtype])``, equal to autograd of
     ``-reference_log_prob(inputs, outputs).mean()`` within rounding (tests/test_slstm_fast.py);
@@ -203,38 +204,15 @@ def mcgsm_nll_grad(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
             or not use_c_kernels(inputs) or outputs.dtype != dtype or outputs.device.type != "cpu"
             or any(p.dtype != dtype or p.device.type != "cpu" for p in params)):
         return None
-    gemm, set_threads = gemm_args(dtype)
-    if gemm is None:
+    if gemm_args(dtype)[0] is None:
         return None
-    lib = c_kernels()
-    (k, s), (d, f), m = mcgsm.priors.shape, mcgsm.features.shape, inputs.shape[0]
-    ks, n = k * s, f + k
     with torch.enable_grad():
         alpha_graph = mcgsm.log_precisions()
-    alpha = alpha_graph.detach()
-    h, y = inputs.contiguous(), outputs.contiguous()
-    both = torch.cat([mcgsm.features.detach(), mcgsm.predictors.detach()], 1).contiguous()
-    w2 = mcgsm.weights.detach().square().contiguous()
-    # scale-major (S x K): the kernel's loops run over components
-    eta = mcgsm.priors.detach().t().contiguous()
-    nh = (-0.5 * alpha.exp()).t().contiguous()
-    cst = (0.5 * alpha - 0.5 * math.log(2 * math.pi)).t().contiguous()
-    nthreads = max(1, min(torch.get_num_threads(), -(-m // block)))
-    acc = torch.zeros(nthreads, 1 + 2 * ks + k * f + d * n, dtype=torch.float64)
-    work = torch.empty(nthreads * lib.mcgsm_nll_grad_work(block, d, k, s, f), dtype=dtype)
-    fn = lib.mcgsm_nll_grad_f32 if dtype == torch.float32 else lib.mcgsm_nll_grad_f64
-    fn(m, d, k, s, f, h.data_ptr(), y.data_ptr(), both.data_ptr(), w2.data_ptr(), eta.data_ptr(), nh.data_ptr(),
-       cst.data_ptr(), acc.data_ptr(), work.data_ptr(), block, nthreads, gemm, set_threads)
-    total = acc.sum(0).mul_(-1.0 / m)  # d(mean NLL) = -d(sum log p) / M
-    d_eta, d_alpha, d_w, d_both = total[1:].split([ks, ks, k * f, d * n])
-    d_alpha = d_alpha.view(s, k).t().to(dtype)
+    m = inputs.shape[0]
+    detached = [p.detach() for p in params]
+    total, grads = _train_pass(inputs.contiguous(), outputs.contiguous(), detached[0], alpha_graph.detach(),
+                               *detached[2:], grad=True, block=block)
+    grads = [g * (-1.0 / m) for g in grads]  # d(mean NLL) = -d(sum log p) / M
     if alpha_graph.requires_grad:  # through log_precisions (its clamp), as autograd would
-        d_alpha = torch.autograd.grad(alpha_graph, mcgsm.scales, d_alpha)[0]
-    grads = [
-        d_eta.view(s, k).t(),
-        d_alpha,
-        2.0 * mcgsm.weights.detach().double() * d_w.view(k, f),
-        d_both.view(d, n)[:, :f],
-        d_both.view(d, n)[:, f:],
-    ]
-    return total[0], [g.to(dtype).contiguous() for g in grads]
+        grads[1] = torch.autograd.grad(alpha_graph, mcgsm.scales, grads[1].to(dtype))[0]
+    return total * (-1.0 / m), [g.to(dtype).contiguous() for g in grads]

@@ -241,22 +241,11 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
 extern "C" {
 DEFINE_MCGSM(mcgsm_fwd_f32, mcgsm_bwd_f32, float, exp_f, logf)
 DEFINE_MCGSM(mcgsm_fwd_f64, mcgsm_bwd_f64, double, exp_d, log)
-/* Scratch elements per thread that mcgsm_nll_grad_f32/_f64 need. */
+/* Scratch elements per thread that mcgsm_train_f32/_f64 need. */
 int64_t mcgsm_nll_grad_work(int block, int D, int K, int S, int F) { return mcgsm_nll_grad_work_(block, D, K, S, F); }
-void mcgsm_nll_grad_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
-                        const float *w2, const float *eta, const float *nh, const float *cst, double *acc,
-                        float *work, int block, int nthreads, mcgsm_sgemm_t gemm, mcgsm_set_threads_t set_threads) {
-    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
-                    (const float *)0, (float *)0, 1, (float *)0, (float *)0);
-}
-void mcgsm_nll_grad_f64(int64_t M, int D, int K, int S, int F, const double *h, const double *y, const double *both,
-                        const double *w2, const double *eta, const double *nh, const double *cst, double *acc,
-                        double *work, int block, int nthreads, mcgsm_dgemm_t gemm, mcgsm_set_threads_t set_threads) {
-    mcgsm_nll_grad_(M, D, K, S, F, h, y, both, w2, eta, nh, cst, acc, work, block, nthreads, gemm, set_threads,
-                    (const double *)0, (double *)0, 1, (double *)0, (double *)0);
-}
-/* The same pass for training (BlockedMCGSM, fused_mcgsm.py): per-row log p into lp (when not NULL); with grad, the
- * gradients of sum_m gw_m log p_m (gw NULL: 1) into acc, and into dh (M x D) and dy (M) when not NULL. */
+/* The pass above (fused_mcgsm.py: mcgsm_nll_grad for L-BFGS, BlockedMCGSM for training): per-row log p
+ * into lp (when not NULL); with grad, the gradients of sum_m gw_m log p_m (gw NULL: 1) into acc, and into
+ * dh (M x D) and dy (M) when not NULL. */
 void mcgsm_train_f32(int64_t M, int D, int K, int S, int F, const float *h, const float *y, const float *both,
                      const float *w2, const float *eta, const float *nh, const float *cst, double *acc, float *work,
                      int block, int nthreads, mcgsm_sgemm_t gemm, mcgsm_set_threads_t set_threads, const float *gw,
