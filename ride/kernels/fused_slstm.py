@@ -7,9 +7,10 @@ pointwise kernel that applies the gates and writes the diagonal's states into th
 diagonal's rows of ``y``. Backward: the diagonals in reverse, computing only state gradients (one
 fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradients are one GEMM
 ``y^T dz`` per chunk of ~4k rows (plus the input gradient ``dz A_in``). On the CPU the pointwise
-kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`), which also run the per-diagonal
-GEMMs where torch exports BLAS, the weight gradient's included (per thread, on the rows it just
-wrote); elsewhere (CUDA, no compiler) the same sweeps run with torch ops. Without autograd a
+kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`); where torch exports BLAS, one C
+call runs a whole sweep (a chunk of diagonals in the backward), the per-diagonal GEMMs and the
+weight gradient's included (per thread, on the rows it just wrote); elsewhere (CUDA, no
+compiler) the same sweeps run with torch ops. Without autograd a
 lighter forward (:func:`fused_inference`) keeps only rolling buffers.
 
 A ``plan`` argument is a ``ride.slstm`` diagonal plan: ``spans`` (per diagonal: offset, first
@@ -157,7 +158,6 @@ class FusedSLSTM(torch.autograd.Function):
 # OpenMP fork costs more than it saves there, and much more on a machine shared with others.
 _PARALLEL_MIN_FWD = 1 << 14
 _PARALLEL_MIN_BWD = 1 << 16
-_PARALLEL_MIN_ROWS = 16  # with the GEMMs inside the kernels (per thread, on its rows)
 
 # Rows (pixels x images) of dL/dz kept at once by the backward sweep before its gradient GEMMs.
 _CHUNK_ROWS = 1 << 12
@@ -180,9 +180,16 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _spans(plan) -> torch.Tensor:
+    """The plan's spans as a D x 3 int32 tensor (offset, first row, last row), for the C sweeps."""
+    spans = getattr(plan, "_spans_c", None)
+    if spans is None:
+        spans = plan._spans_c = torch.tensor(plan.spans, dtype=torch.int32)
+    return spans
+
+
 def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
     lib = c_kernels()
-    fn = lib.slstm_fwd_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_f64
     gemm, set_threads = gemm_args(gates.dtype)
     weight_t = weight.t()
     bias = bias.contiguous()
@@ -195,22 +202,30 @@ def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, 
         # entries never written stay zero: the border of the grid.
         cbuf = [gates.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
     nthreads = torch.get_num_threads()
+    if gemm is not None:
+        # Every diagonal in one call: the threads wait for each other at a barrier per diagonal.
+        f32 = gates.dtype == torch.float32
+        sweep = lib.slstm_fwd_sweep_f32 if f32 else lib.slstm_fwd_sweep_f64
+        spans = _spans(plan)
+        cb0, cb1 = (None, None) if extended else (_ptr(cbuf[0]), _ptr(cbuf[1]))
+        sweep(len(plan.spans), _ptr(spans), n_img, h, int(extended), _ptr(gates), _ptr(cells), _ptr(hidden),
+              _ptr(inputs), size_in, k_all, cb0, cb1, _ptr(weight), _ptr(bias), nthreads, gemm, set_threads)
+        return
+    # Without BLAS pointers: one torch GEMM and one kernel call per diagonal.
+    fn = lib.slstm_fwd_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_f64
     isz = gates.element_size()
     g_row, s_row, y_row, c_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_all * isz, n_img * 2 * h * isz
-    g0, c0, h0, w0, b0 = _ptr(gates), _ptr(cells), _ptr(hidden), _ptr(weight), _ptr(bias)
+    g0, c0, h0 = _ptr(gates), _ptr(cells), _ptr(hidden)
     yall = _ptr(inputs)
     y0 = yall + size_in * isz  # recurrent part of the GEMM inputs
     spans = plan.spans
     last = len(spans) - 1
     for d, (off, lo, hi) in enumerate(spans):
         rows = hi - lo + 1
-        if gemm is None:
-            # One torch GEMM per diagonal: gates = bias + [x, h_left, h_up, ...] @ weight^T.
-            torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t,
-                        out=gates[off : off + rows].view(rows * n_img, 5 * h))
-            threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1
-        else:
-            threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
+        # gates = bias + [x, h_left, h_up, ...] @ weight^T
+        torch.addmm(bias, inputs[off : off + rows].view(rows * n_img, k_all), weight_t,
+                    out=gates[off : off + rows].view(rows * n_img, 5 * h))
+        threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1
         if extended:
             cin, kc, cl, cu, cout = y0 + off * y_row, k_all, 2 * h, 3 * h, None
         else:
@@ -223,7 +238,7 @@ def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, 
             nxt, nlo, nhi = None, 1, 0
         fn(rows, n_img, h, lo, g0 + off * g_row, c0 + off * s_row, h0 + off * s_row,
            cin, kc, cl, cu, cout, nxt, k_all, nlo, nhi, int(extended), threads,
-           gemm, set_threads, yall + off * y_row, w0, k_all, b0 if gemm else None)
+           None, None, None, None, 0, None)
 
 
 def fused_inference(xd: torch.Tensor, weight_in: torch.Tensor, weight_rec: torch.Tensor, bias: torch.Tensor,
@@ -303,16 +318,27 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
     nthreads = torch.get_num_threads()
     dbias = gates.new_zeros(nthreads, 5 * h)  # per-thread sums of dz: the bias gradient
     isz = gates.element_size()
-    g_row, s_row, r_row = n_img * 5 * h * isz, n_img * h * isz, n_img * k_rec * isz
+    g_row, s_row = n_img * 5 * h * isz, n_img * h * isz
     z0, dz0, c0, h0, go0 = _ptr(gates), _ptr(dzbuf), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
     w0 = _ptr(weight_rec)
     ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
     if wgrad is not None and gemm is not None:
         y_all, acc = wgrad
-        k_all, y_row, gw = y_all.shape[2], n_img * y_all.shape[2] * isz, _ptr(acc)
-        y_all = _ptr(y_all)
+        k_all, gw, y_all = y_all.shape[2], _ptr(acc), _ptr(y_all)
     else:
-        k_all, y_row, gw, y_all = 0, 0, None, 0
+        k_all, gw, y_all = 0, None, None
+    if gemm is not None:
+        # Each chunk of diagonals in one call (a barrier per diagonal), then its flush.
+        f32 = gates.dtype == torch.float32
+        sweep = lib.slstm_bwd_sweep_f32 if f32 else lib.slstm_bwd_sweep_f64
+        spans = _spans(plan)
+        for d_first, d_last, p0, p1 in groups:
+            sweep(len(plan.spans), _ptr(spans), d_first, d_last, p0, n_img, h, int(extended), z0, dz0, c0, h0, go0,
+                  _ptr(d_recs[0]), _ptr(d_recs[1]), k_rec, _ptr(dcbuf[0]), _ptr(dcbuf[1]), _ptr(dbias), nthreads,
+                  gemm, set_threads, w0, y_all, k_all, gw)
+            flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
+        return dbias.sum(0)
+    # Without BLAS pointers: one kernel call and one torch GEMM per diagonal.
     nlo, nhi = 1, 0  # rows of the next diagonal (none yet)
     steps = plan.steps
     for d_first, d_last, p0, p1 in groups:
@@ -326,17 +352,11 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
             dcin, dcout = dcbuf[d % 2], dcbuf[(d + 1) % 2]
             d_in, d_out = d_recs[(d + 1) % 2], d_recs[d % 2]
             local = off - p0
-            use_gemm = gemm is not None and d > 0
-            if use_gemm or gw is not None:
-                threads = nthreads if rows * n_img >= _PARALLEL_MIN_ROWS else 1
-            else:
-                threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
+            threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
             fn(rows, n_img, h, lo, z0 + off * g_row, dz0 + local * g_row, c0 + off * s_row, h0 + off * s_row,
                go0 + off * s_row, cprev, plo, phi, _ptr(d_in), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
-               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads,
-               gemm if use_gemm or gw is not None else None, set_threads, w0, _ptr(d_out) + lo * r_row,
-               int(use_gemm), y_all + off * y_row, k_all, gw)
-            if d > 0 and not use_gemm:
+               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads, None, None, None, None, 0, None, 0, None)
+            if d > 0:
                 torch.mm(dzbuf[local * n_img : (local + rows) * n_img], weight_rec,
                          out=d_out[lo : hi + 1].view(rows * n_img, k_rec))
             nlo, nhi = lo, hi
