@@ -99,8 +99,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """ctypes signatures of the exported functions (see the sources)."""
     i, p, i64 = ctypes.c_int, ctypes.c_void_p, ctypes.c_int64
     signatures = {
-        "slstm_fwd": [i, i, i, i, p, p, p, p, i, i, i, p, p, i, i, i, i, i, p, p, p, p, i, p],
-        "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i, p, p, p, p, i, p, i, p],
+        "slstm_fwd": [i, i, i, i, p, p, p, p, i, i, i, p, p, i, i, i, i, i],
+        "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i],
         "slstm_fwd_sweep": [i, p, i, i, i, p, p, p, p, i, i, p, p, p, p, i, p, p],
         "slstm_bwd_sweep": [i, p, i, i, i, i, i, i, p, p, p, p, p, p, p, i, p, p, p, i, p, p, p, p, i, p],
         "mcgsm_fwd": [i64, i, i, p, p, p, p, p, p, p, p, i],

@@ -237,8 +237,7 @@ def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, 
         else:
             nxt, nlo, nhi = None, 1, 0
         fn(rows, n_img, h, lo, g0 + off * g_row, c0 + off * s_row, h0 + off * s_row,
-           cin, kc, cl, cu, cout, nxt, k_all, nlo, nhi, int(extended), threads,
-           None, None, None, None, 0, None)
+           cin, kc, cl, cu, cout, nxt, k_all, nlo, nhi, int(extended), threads)
 
 
 def fused_inference(xd: torch.Tensor, weight_in: torch.Tensor, weight_rec: torch.Tensor, bias: torch.Tensor,
@@ -294,7 +293,7 @@ def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
         else:
             nxt, nlo, nhi = None, 1, 0
         fn(rows, n_img, h, lo, z0, cc0, h0 + off * s_row, cin, kc, cl, cu, cout, nxt, k_rec, nlo, nhi,
-           int(extended), nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1, None, None, None, None, 0, None)
+           int(extended), nthreads if rows * n_img * h >= _PARALLEL_MIN_FWD else 1)
     return hidden
 
 
@@ -355,7 +354,7 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
             threads = nthreads if rows * n_img * h >= _PARALLEL_MIN_BWD else 1
             fn(rows, n_img, h, lo, z0 + off * g_row, dz0 + local * g_row, c0 + off * s_row, h0 + off * s_row,
                go0 + off * s_row, cprev, plo, phi, _ptr(d_in), k_rec, 0, h, int(extended), ecl, ecu, nlo, nhi,
-               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads, None, None, None, None, 0, None, 0, None)
+               _ptr(dcin), _ptr(dcout), _ptr(dbias), threads)
             if d > 0:
                 torch.mm(dzbuf[local * n_img : (local + rows) * n_img], weight_rec,
                          out=d_out[lo : hi + 1].view(rows * n_img, k_rec))

@@ -170,41 +170,31 @@ static void bwd_rows(int64_t q0, int64_t q1, int N, int h, int lo, const T *z, T
     }
 }
 
-/* One diagonal, forward (arguments: fwd_rows, for all L*N rows; the bias is added only with gemm). */
+/* One diagonal without the GEMMs (the caller formed z, bias included): the paths without BLAS
+ * pointers and inference. Arguments as fwd_rows' and bwd_rows', for all L*N rows; dbias holds one
+ * row of 5h sums per thread. */
 template <typename T>
 static void fwd_diagonal(int L, int N, int h, int lo, T *z, T *c, T *hh, const T *cin, int kc, int cl, int cu,
-                         T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads,
-                         typename Ops<T>::gemm_t gemm, set_threads_t set_threads, const T *y, const T *w,
-                         int kall, const T *bias) {
+                         T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t q0, q1;
         share((int64_t)L * N, omp_get_thread_num(), omp_get_num_threads(), &q0, &q1);
-        int prev = gemm && set_threads ? set_threads(1) : 0;  /* MKL single-threaded inside */
-        fwd_rows<T>(q0, q1, L, N, h, lo, z, c, hh, cin, kc, cl, cu, cout, nxt, kb, nlo, nhi, ext, gemm, y, w, kall,
-                    bias);
-        if (gemm && set_threads) set_threads(prev);
+        fwd_rows<T>(q0, q1, L, N, h, lo, z, c, hh, cin, kc, cl, cu, cout, nxt, kb, nlo, nhi, ext, 0, 0, 0, 0, 0);
     }
 }
 
-/* One diagonal, backward (arguments: bwd_rows; dbias holds one row of 5h sums per thread, and gw
- * one kall x 5h block per thread). */
 template <typename T>
 static void bwd_diagonal(int L, int N, int h, int lo, const T *z, T *dz, const T *c, const T *hh, const T *gout,
                          const T *cprev, int plo, int phi, const T *db, int kb, int hl, int hu, int ext, int ecl,
-                         int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads,
-                         typename Ops<T>::gemm_t gemm, set_threads_t set_threads, const T *wrec, T *drec, int rec,
-                         const T *y, int kall, T *gw) {
+                         int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         const int t = omp_get_thread_num();
         int64_t q0, q1;
         share((int64_t)L * N, t, omp_get_num_threads(), &q0, &q1);
-        int prev = gemm && set_threads ? set_threads(1) : 0;
         bwd_rows<T>(q0, q1, N, h, lo, z, dz, c, hh, gout, cprev, plo, phi, db, kb, hl, hu, ext, ecl, ecu, nlo, nhi,
-                    dcin, dcout, dbias + (int64_t)t * 5 * h, gemm, wrec, drec, rec, y, kall,
-                    gw ? gw + (int64_t)t * kall * 5 * h : (T *)0);
-        if (gemm && set_threads) set_threads(prev);
+                    dcin, dcout, dbias + (int64_t)t * 5 * h, 0, 0, 0, 0, 0, 0, 0);
     }
 }
 
@@ -259,8 +249,9 @@ static void fwd_sweep(int D, const int *spans, int N, int h, int ext, T *gates, 
  * (required). Buffers as the Python sweep keeps them: dz of the chunk's diagonals in dzbuf from
  * pixel offset p0 on; ping-pong dL/d(recurrent inputs) dr0/dr1 ((H+1, N, kb), diagonal d reads
  * dr[(d+1)%2], writes dr[d%2]) and dc0/dc1 ((H+1, N, 2h), reads dc[d%2], writes dc[(d+1)%2]).
- * gout: (P*N, h) gradient of the layer's output; wrec: 5h x kb; dbias, gw as bwd_diagonal's, gw
- * with the GEMM inputs (P*N, kall), or NULL.
+ * gout: (P*N, h) gradient of the layer's output; wrec: 5h x kb; dbias: one row of 5h sums per
+ * thread; gw: one kall x 5h weight-gradient block per thread (with inputs, the GEMM inputs
+ * (P*N, kall)), or NULL.
  */
 template <typename T>
 static void bwd_sweep(int D, const int *spans, int d_first, int d_last, int p0, int N, int h, int ext,
@@ -297,19 +288,14 @@ static void bwd_sweep(int D, const int *spans, int d_first, int d_last, int p0, 
 
 #define EXPORT(T, SUF)                                                                               \
 void slstm_fwd_##SUF(int L, int N, int h, int lo, T *z, T *c, T *hh, const T *cin, int kc, int cl, int cu, \
-                     T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads,                 \
-                     Ops<T>::gemm_t gemm, set_threads_t set_threads, const T *y, const T *w, int kall,  \
-                     const T *bias) {                                                                  \
-    fwd_diagonal<T>(L, N, h, lo, z, c, hh, cin, kc, cl, cu, cout, nxt, kb, nlo, nhi, ext, nthreads, gemm, \
-                    set_threads, y, w, kall, bias);                                                    \
+                     T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads) {               \
+    fwd_diagonal<T>(L, N, h, lo, z, c, hh, cin, kc, cl, cu, cout, nxt, kb, nlo, nhi, ext, nthreads);  \
 }                                                                                                      \
 void slstm_bwd_##SUF(int L, int N, int h, int lo, const T *z, T *dz, const T *c, const T *hh, const T *gout, \
                      const T *cprev, int plo, int phi, const T *db, int kb, int hl, int hu, int ext, int ecl, \
-                     int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads,        \
-                     Ops<T>::gemm_t gemm, set_threads_t set_threads, const T *wrec, T *drec, int rec,   \
-                     const T *y, int kall, T *gw) {                                                    \
+                     int ecu, int nlo, int nhi, const T *dcin, T *dcout, T *dbias, int nthreads) {      \
     bwd_diagonal<T>(L, N, h, lo, z, dz, c, hh, gout, cprev, plo, phi, db, kb, hl, hu, ext, ecl, ecu, nlo, nhi, \
-                    dcin, dcout, dbias, nthreads, gemm, set_threads, wrec, drec, rec, y, kall, gw);   \
+                    dcin, dcout, dbias, nthreads);                                                     \
 }                                                                                                      \
 void slstm_fwd_sweep_##SUF(int D, const int *spans, int N, int h, int ext, T *gates, T *cells, T *hidden, \
                            T *inputs, int size_in, int kall, T *cb0, T *cb1, const T *w, const T *bias, \
