@@ -10,7 +10,12 @@ same initial parameters, and reports for each, interleaved on one machine:
 * ``px_iter_per_s``: pixels x L-BFGS iterations per second (wall clock; per CPU second too);
 * ``gflops``: FLOPs of the value and gradient per pixel x pixels x function evaluations / s;
 * ``frac_f64_gemm`` / ``frac_f32_gemm``: that rate over a measured dense float64 / float32 GEMM
-  (``size^3``, median of ``--gemm-reps``) on the same threads: the roofline;
+  (``size^3``, median of ``--gemm-reps``) on the same threads: the roofline. The GEMMs are
+  timed around every L-BFGS step of the run (before it, between steps and after it; not in its
+  time) and the run is compared with the median of those: a shared machine's speed drifts by
+  tens of percent within seconds, and GEMMs timed once before all runs measured that drift as
+  much as the kernel (``gemm_gflops_range`` shows the spread). Not after every function
+  evaluation: GEMMs that often evict the run's data and slowed it by about 14 %;
 * the float32 - float64 difference of the objective reached after the same iterations, both
   scored in float64 on the training and on held-out pixels (nats/px; > 0: float32 is worse).
 
@@ -34,7 +39,7 @@ import copy
 import json
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -50,19 +55,21 @@ def flops_per_pixel(dim_in: int, components: int, scales: int, features: int) ->
     return {"gemm": gemm, "pointwise": pointwise, "total": gemm + pointwise}
 
 
-def gemm_flops_per_s(dtype: torch.dtype, size: int = 1024, reps: int = 5) -> float:
-    """Median FLOP/s of a dense ``size^3`` GEMM in ``dtype`` on the CPU (current thread count)."""
+def gemm_timer(dtype: torch.dtype, size: int = 1024) -> Callable[[], float]:
+    """A function that times one dense ``size^3`` GEMM in ``dtype`` on the CPU (current thread
+    count) and returns its FLOP/s; the matrices are made, and the GEMM warmed up, once."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=gen, dtype=dtype)
     b = torch.randn(size, size, generator=gen, dtype=dtype)
     out = torch.empty(size, size, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: thread pool and caches
-    rates = []
-    for _ in range(reps):
+
+    def run() -> float:
         start = time.perf_counter()
         torch.mm(a, b, out=out)
-        rates.append(2.0 * size**3 / (time.perf_counter() - start))
-    return statistics.median(rates)
+        return 2.0 * size**3 / (time.perf_counter() - start)
+
+    return run
 
 
 def dead_leaves_pixels(
@@ -90,25 +97,32 @@ def dead_leaves_pixels(
 
 def run_lbfgs(
     mcgsm: MCGSM, inputs: torch.Tensor, outputs: torch.Tensor, dtype: torch.dtype, iterations: int,
-    check_every: int = 25,
+    check_every: int = 25, between: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Training's L-BFGS on a copy of ``mcgsm`` in ``dtype``: timings, counts and the result.
 
     As in ``fit_mcgsm_lbfgs``, ``iterations`` is spent in steps of ``check_every`` iterations
     (without the held-out checks between them); torch's default ``max_eval`` (1.25 x the step's
     iterations) can end a step early, so the L-BFGS iterations done are counted separately.
+    ``between`` (if given) runs before every step and after the last; its time is taken out of
+    the timings.
     """
     from .refine import mcgsm_lbfgs
 
     work = copy.deepcopy(mcgsm).to(dtype)
     optimizer, closure = mcgsm_lbfgs(work, inputs.to(dtype), outputs.to(dtype), check_every)
-
-    wall, cpu, done = time.perf_counter(), time.process_time(), 0
+    wall = cpu = 0.0
+    done = 0
     while done < iterations:
+        if between is not None:
+            between()
         optimizer.param_groups[0]["max_iter"] = min(check_every, iterations - done)
+        w, c = time.perf_counter(), time.process_time()
         optimizer.step(closure)
+        wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
         done += optimizer.param_groups[0]["max_iter"]
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if between is not None:
+        between()
     state = optimizer.state[next(iter(work.parameters()))]
     return {"mcgsm": work, "wall_s": wall, "cpu_s": cpu, "lbfgs_iterations": int(state["n_iter"]),
             "evaluations": int(state["func_evals"])}
@@ -131,22 +145,34 @@ def benchmark(pixels: int = 20_000, valid_pixels: int = 20_000, iterations: int 
     """
     mcgsm, x, y, vx, vy = dead_leaves_pixels(pixels, valid_pixels, size, seed)
     flops = flops_per_pixel(mcgsm.dim_in, mcgsm.num_components, mcgsm.num_scales, mcgsm.num_features)
-    gemm = {"float64": gemm_flops_per_s(torch.float64, gemm_size, gemm_reps),
-            "float32": gemm_flops_per_s(torch.float32, gemm_size, gemm_reps)}
-    start = {"train_nll": mean_nll(mcgsm, x, y), "valid_nll": mean_nll(mcgsm, vx, vy)}
     dtypes = {"float64": torch.float64, "float32": torch.float32}
+    start = {"train_nll": mean_nll(mcgsm, x, y), "valid_nll": mean_nll(mcgsm, vx, vy)}
     for dtype in dtypes.values():  # warm-up: the C kernels build and load on first use
         run_lbfgs(mcgsm, x[:512], y[:512], dtype, 1)
+    timers = {key: gemm_timer(dtype, gemm_size) for key, dtype in dtypes.items()}
     trials: dict[str, list[dict[str, Any]]] = {name: [] for name in dtypes}
     for _ in range(reps):
         for name, dtype in dtypes.items():
-            trials[name].append(run_lbfgs(mcgsm, x, y, dtype, iterations))
+            rates: dict[str, list[float]] = {key: [] for key in dtypes}
+
+            def time_gemms() -> None:
+                for key, timer in timers.items():
+                    rates[key].append(statistics.median(timer() for _ in range(gemm_reps)))
+
+            trial = run_lbfgs(mcgsm, x, y, dtype, iterations, between=time_gemms)
+            trial["gemm"] = {key: statistics.median(v) for key, v in rates.items()}
+            trial["gemm_samples"] = rates
+            trials[name].append(trial)
     runs: dict[str, dict[str, Any]] = {}
     n = x.shape[0]
+    samples = {key: [r for done in trials.values() for t in done for r in t["gemm_samples"][key]] for key in dtypes}
+    gemm = {key: statistics.median(v) for key, v in samples.items()}
     for name, done in trials.items():
         run = {key: done[-1][key] for key in ("lbfgs_iterations", "evaluations")}
         run["wall_s"] = statistics.median(t["wall_s"] for t in done)
         run["cpu_s"] = statistics.median(t["cpu_s"] for t in done)
+        # each repetition against the GEMMs timed around it; the median of those fractions
+        per_rep = [flops["total"] * n * t["evaluations"] / t["wall_s"] for t in done]
         achieved = flops["total"] * n * run["evaluations"] / run["wall_s"]
         run.update({
             "px_iter_per_s": n * run["lbfgs_iterations"] / run["wall_s"],
@@ -154,8 +180,10 @@ def benchmark(pixels: int = 20_000, valid_pixels: int = 20_000, iterations: int 
             "px_eval_per_s": n * run["evaluations"] / run["wall_s"],
             "us_per_px_iter": 1e6 * run["wall_s"] / (n * max(run["lbfgs_iterations"], 1)),
             "gflops": achieved / 1e9,
-            "frac_f64_gemm": achieved / gemm["float64"],
-            "frac_f32_gemm": achieved / gemm["float32"],
+            "frac_f64_gemm": statistics.median(a / t["gemm"]["float64"] for a, t in zip(per_rep, done)),
+            "frac_f32_gemm": statistics.median(a / t["gemm"]["float32"] for a, t in zip(per_rep, done)),
+            "frac_f64_gemm_reps": [a / t["gemm"]["float64"] for a, t in zip(per_rep, done)],
+            "roofline_gflops": {key: [t["gemm"][key] / 1e9 for t in done] for key in dtypes},
             "train_nll": mean_nll(done[-1]["mcgsm"], x, y),
             "valid_nll": mean_nll(done[-1]["mcgsm"], vx, vy),
         })
@@ -164,7 +192,9 @@ def benchmark(pixels: int = 20_000, valid_pixels: int = 20_000, iterations: int 
         "pixels": int(n), "valid_pixels": int(vx.shape[0]), "iterations": iterations, "image_size": size,
         "seed": seed, "reps": reps, "threads": torch.get_num_threads(), "device": device_name(torch.device("cpu")),
         "flops_per_px": flops, "gemm_size": gemm_size,
-        "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "start": start, "runs": runs,
+        "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()},
+        "gemm_gflops_range": {k: [min(v) / 1e9, max(v) / 1e9] for k, v in samples.items()},
+        "start": start, "runs": runs,
         "speedup_f32": runs["float32"]["px_eval_per_s"] / runs["float64"]["px_eval_per_s"],
         "optimum_diff_train": runs["float32"]["train_nll"] - runs["float64"]["train_nll"],
         "optimum_diff_valid": runs["float32"]["valid_nll"] - runs["float64"]["valid_nll"],
@@ -177,8 +207,10 @@ def format_report(r: dict[str, Any]) -> str:
         f"MCGSM L-BFGS refinement: {r['pixels']} dead-leaves pixels ({r['image_size']}x{r['image_size']} images), "
         f"{r['iterations']} iterations in training's steps of 25, median of {r['reps']} (wall), {r['device']}",
         f"FLOP per pixel and evaluation: {f['total']} ({f['gemm']} GEMM + {f['pointwise']} pointwise); "
-        f"{r['gemm_size']}^3 GEMM: {r['gemm_gflops']['float64']:.1f} GFLOP/s float64, "
-        f"{r['gemm_gflops']['float32']:.1f} GFLOP/s float32",
+        f"{r['gemm_size']}^3 GEMM, timed around every L-BFGS step (median, range): "
+        f"{r['gemm_gflops']['float64']:.1f} ({r['gemm_gflops_range']['float64'][0]:.1f}-"
+        f"{r['gemm_gflops_range']['float64'][1]:.1f}) GFLOP/s float64, {r['gemm_gflops']['float32']:.1f} "
+        f"({r['gemm_gflops_range']['float32'][0]:.1f}-{r['gemm_gflops_range']['float32'][1]:.1f}) GFLOP/s float32",
         f"{'dtype':<8} {'iter':>5} {'evals':>5} {'wall s':>7} {'px*it/s':>10} {'px*it/CPU s':>11} {'us/px/it':>8} "
         f"{'GFLOP/s':>8} {'%f64GEMM':>8} {'%f32GEMM':>8} {'train NLL':>10} {'valid NLL':>10}",
     ]
@@ -189,6 +221,9 @@ def format_report(r: dict[str, Any]) -> str:
             f"{100 * run['frac_f64_gemm']:>7.1f}% {100 * run['frac_f32_gemm']:>7.1f}% {run['train_nll']:>10.5f} "
             f"{run['valid_nll']:>10.5f}"
         )
+    if r["reps"] > 1:
+        lines.append("float64 %f64GEMM by repetition: " + ", ".join(
+            f"{100 * v:.1f}%" for v in r["runs"]["float64"]["frac_f64_gemm_reps"]))
     lines.append(
         f"float32 / float64 px*evaluations/s: {r['speedup_f32']:.2f}x; float32 - float64 NLL after {r['iterations']} iterations "
         f"(nats/px, scored in float64): train {r['optimum_diff_train']:+.2e}, held-out {r['optimum_diff_valid']:+.2e} "
@@ -207,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--gemm-size", type=int, default=1024)
-    parser.add_argument("--gemm-reps", type=int, default=5)
+    parser.add_argument("--gemm-reps", type=int, default=5,
+                        help="GEMMs per roofline sample (median); a sample before, between and after the L-BFGS steps")
     parser.add_argument("--reps", type=int, default=1, help="alternating repetitions of both precisions (median)")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -83,6 +84,20 @@ def test_run_lbfgs_is_the_training_refinement():
     assert bench_mcgsm.mean_nll(run["mcgsm"], x, y) < bench_mcgsm.mean_nll(mcgsm, x, y)
 
 
+
+def test_roofline_gemms_between_steps_change_nothing_and_are_not_timed():
+    mcgsm, x, y, _, _ = bench_mcgsm.dead_leaves_pixels(600, 100, size=16, components=4, scales=2, features=3)
+    mcgsm = mcgsm.double()
+    plain = bench_mcgsm.run_lbfgs(mcgsm, x, y, torch.float64, iterations=6)
+    calls = []
+    timed = bench_mcgsm.run_lbfgs(mcgsm, x, y, torch.float64, iterations=6,
+                                  between=lambda: calls.append(time.sleep(0.5)))
+    assert len(calls) == 2  # 6 iterations are one step: before it and after it
+    for mine, theirs in zip(timed["mcgsm"].parameters(), plain["mcgsm"].parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    assert timed["wall_s"] < 0.5  # the sleeps are taken out of the wall time
+
+
 def test_benchmark_reports_both_precisions_against_the_roofline():
     result = bench_mcgsm.benchmark(pixels=500, valid_pixels=200, iterations=3, size=16, gemm_size=64, gemm_reps=1)
     assert result["pixels"] == 500 and result["valid_pixels"] == 200
@@ -90,9 +105,13 @@ def test_benchmark_reports_both_precisions_against_the_roofline():
     for run in result["runs"].values():
         flops = result["flops_per_px"]["total"] * 500 * run["evaluations"] / run["wall_s"]
         assert run["gflops"] == pytest.approx(flops / 1e9)
-        assert run["frac_f64_gemm"] == pytest.approx(flops / (1e9 * result["gemm_gflops"]["float64"]))
+        # against the GEMMs timed around this run (before, between and after its L-BFGS steps)
+        assert run["frac_f64_gemm"] == pytest.approx(flops / (1e9 * run["roofline_gflops"]["float64"][0]))
+        assert run["frac_f32_gemm"] == pytest.approx(flops / (1e9 * run["roofline_gflops"]["float32"][0]))
         assert run["px_iter_per_s"] == pytest.approx(500 * run["lbfgs_iterations"] / run["wall_s"])
         assert run["train_nll"] < result["start"]["train_nll"]
+    lo, hi = result["gemm_gflops_range"]["float64"]
+    assert lo <= result["gemm_gflops"]["float64"] <= hi
     assert result["optimum_diff_train"] == pytest.approx(
         result["runs"]["float32"]["train_nll"] - result["runs"]["float64"]["train_nll"])
     report = bench_mcgsm.format_report(result)

@@ -80,7 +80,7 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
 /*
  * Value and parameter gradient of sum_m log p(y_m | h_m) on fixed inputs (L-BFGS refinement), in
  * one pass over row blocks of `block` pixels: per block five BLAS GEMMs (column-major calls on
- * row-major arrays) and one mixture loop per row that computes each of its 2 K S exps once.
+ * row-major arrays) and a mixture loop over the rows that computes each row's 2 K S exps once.
  *   h: M x D inputs, y: M outputs, both: D x (F+K) = [features | predictors], w2: K x F = weights^2,
  *   eta, nh, cst: S x K (scale-major, so that the loops over components are contiguous and the
  *   per-component e_c, r_c need no broadcast copies), otherwise as in DEFINE_MCGSM.
@@ -92,9 +92,14 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
  * Training (mcgsm_train_*): gw weights row m's log p (NULL: 1), lp receives every row's log p,
  * grad = 0 stops after the values, dh (M x D) and dy (M) receive the rows' input gradients.
  */
+/* Rows go through the mixture loop in groups of MCGSM_PIX, phase by phase (maxima, exps and sums,
+ * logs, gradients): each row's phases form one dependency chain, and the group's independent chains
+ * overlap (4: 10 % faster than one row at a time, same arithmetic; 2-8 about alike). */
+#define MCGSM_PIX 4
 static inline int64_t mcgsm_nll_grad_work_(int block, int D, int K, int S, int F) {
     const int64_t N = F + K, KS = (int64_t)K * S;
-    return (block * (2 * N + F + 2 * K) + 4 * KS + 2 * K + K * F + D * N + 15) / 16 * 16;  /* 64-byte multiple */
+    return (block * (2 * N + F + 2 * K) + (2 * MCGSM_PIX + 2) * KS + 2 * MCGSM_PIX * K + K * F + D * N + 15) / 16
+           * 16;  /* 64-byte multiple */
 }
 /* Flush-to-zero and denormals-are-zero for one thread while it runs the kernel (restored after):
  * far in the tails, posteriors times e^alpha products go subnormal, and each subnormal operation
@@ -115,6 +120,15 @@ static inline float mcgsm_exp_(float x) { return exp_f(x); }
 static inline double mcgsm_exp_(double x) { return exp_d_core(x < -708.0 ? -708.0 : x); }
 static inline float mcgsm_log_(float x) { return logf(x); }
 static inline double mcgsm_log_(double x) { return log(x); }
+/* log p = lse(joint) - lse(gate) = ((mj - mg) + log sj) - log sg, in this order whatever
+ * -funsafe-math-optimizations would reassociate (the volatiles pin it): so the values do not depend
+ * on the code around the call. */
+template <typename T>
+static inline T mcgsm_lp_(T mj, T mg, T sj, T sg) {
+    volatile T d = mj - mg;
+    volatile T a = d + mcgsm_log_(sj);
+    return a - mcgsm_log_(sg);
+}
 
 template <typename T, typename GEMM>
 static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, const T *y, const T *both,
@@ -128,18 +142,18 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
     {
         const int t = omp_get_thread_num();
         double *a = acc + t * nacc;
-        /* scratch: FM, DFM (block x N), F2 (block x F), E, DE (block x K), G, J, AE, AA (KS), Rc, Dc (K),
-         * dW (K x F), dB (D x N) */
+        /* scratch: FM, DFM (block x N), F2 (block x F), E, DE (block x K), G, J (MCGSM_PIX x KS), AE, AA (KS),
+         * Rc, Dc (MCGSM_PIX x K), dW (K x F), dB (D x N) */
         T *buf = work + (size_t)t * mcgsm_nll_grad_work_(block, D, K, S, F);
         T *FM = buf, *DFM = FM + (size_t)block * N, *F2 = DFM + (size_t)block * N;
         T *E = F2 + (size_t)block * F, *DE = E + (size_t)block * K;
         T *__restrict__ G = DE + (size_t)block * K;
-        T *__restrict__ J = G + KS;
-        T *__restrict__ AE = J + KS;
+        T *__restrict__ J = G + (size_t)MCGSM_PIX * KS;
+        T *__restrict__ AE = J + (size_t)MCGSM_PIX * KS;
         T *__restrict__ AA = AE + KS;
         T *__restrict__ Rc = AA + KS;
-        T *__restrict__ Dc = Rc + K;
-        T *dW = Dc + K, *dB = dW + (size_t)K * F;
+        T *__restrict__ Dc = Rc + MCGSM_PIX * K;
+        T *dW = Dc + MCGSM_PIX * K, *dB = dW + (size_t)K * F;
         const int prev = set_threads ? set_threads(1) : 0;
         const unsigned csr = mcgsm_ftz_on_();
         const T one = 1, zero = 0;
@@ -159,56 +173,80 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
             gemm("T", "N", &K, &B, &F, &one, w2, &F, F2, &F, &zero, E, &K);
             T loss = 0;
             for (int q = 0; q < KS; q++) { AE[q] = 0; AA[q] = 0; }
-            for (int i = 0; i < B; i++) {
-                const T yi = y[r0 + i];
-                const T *__restrict__ mu = FM + (size_t)i * N + F;
-                const T *__restrict__ ei = E + (size_t)i * K;
-                T *__restrict__ dei = DE + (size_t)i * K;
-                T *__restrict__ dmu = DFM + (size_t)i * N + F;
+            for (int i0 = 0; i0 < B; i0 += MCGSM_PIX) {
+                const int np = B - i0 < MCGSM_PIX ? B - i0 : MCGSM_PIX;
+                T mgv[MCGSM_PIX], mjv[MCGSM_PIX], sgv[MCGSM_PIX], sjv[MCGSM_PIX];
+                for (int p = 0; p < np; p++) {
+                    const int i = i0 + p;
+                    const T yi = y[r0 + i];
+                    const T *__restrict__ mu = FM + (size_t)i * N + F;
+                    const T *__restrict__ ei = E + (size_t)i * K;
+                    T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
 #pragma omp simd
-                for (int c = 0; c < K; c++) { T d = yi - mu[c]; Dc[c] = d; Rc[c] = d * d; dei[c] = 0; dmu[c] = 0; }
-                T mg = -INFINITY, mj = -INFINITY;
-                for (int s = 0; s < S; s++) {
-                    const T *__restrict__ et = eta + s * K, *__restrict__ nt = nh + s * K, *__restrict__ ct = cst + s * K;
-                    T *__restrict__ gs = G + s * K, *__restrict__ js = J + s * K;
+                    for (int c = 0; c < K; c++) { T d = yi - mu[c]; dc[c] = d; rc[c] = d * d; }
+                    T mg = -INFINITY, mj = -INFINITY;
+                    for (int s = 0; s < S; s++) {
+                        const T *__restrict__ et = eta + s * K, *__restrict__ nt = nh + s * K, *__restrict__ ct = cst + s * K;
+                        T *__restrict__ gs = G + (size_t)p * KS + s * K, *__restrict__ js = J + (size_t)p * KS + s * K;
 #pragma omp simd reduction(max : mg, mj)
-                    for (int c = 0; c < K; c++) {
-                        T g = et[c] + nt[c] * ei[c];
-                        T j = g + ct[c] + nt[c] * Rc[c];
-                        gs[c] = g; js[c] = j;
-                        mg = g > mg ? g : mg; mj = j > mj ? j : mj;
+                        for (int c = 0; c < K; c++) {
+                            T g = et[c] + nt[c] * ei[c];
+                            T j = g + ct[c] + nt[c] * rc[c];
+                            gs[c] = g; js[c] = j;
+                            mg = g > mg ? g : mg; mj = j > mj ? j : mj;
+                        }
                     }
+                    mgv[p] = mg; mjv[p] = mj;
                 }
-                T sg = 0, sj = 0;
+                for (int p = 0; p < np; p++) {
+                    T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
+                    const T mg = mgv[p], mj = mjv[p];
+                    T sg = 0, sj = 0;
 #pragma omp simd reduction(+ : sg, sj)
-                for (int q = 0; q < KS; q++) {
-                    T eg = mcgsm_exp_(G[q] - mg), ej = mcgsm_exp_(J[q] - mj);
-                    G[q] = eg; J[q] = ej; sg += eg; sj += ej;
-                }
-                const T lpi = (mj + mcgsm_log_(sj)) - (mg + mcgsm_log_(sg));
-                const T wi = gw ? gw[r0 + i] : (T)1;
-                loss += wi * lpi;
-                if (lp) lp[r0 + i] = lpi;
-                if (!grad) continue;
-                const T ig = wi / sg, ij = wi / sj;
-                /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq, dmu_c = -2 (y - mu_c) sum_s nh p */
-                for (int s = 0; s < S; s++) {
-                    const T *__restrict__ nt = nh + s * K;
-                    const T *__restrict__ gs = G + s * K, *__restrict__ js = J + s * K;
-                    T *__restrict__ ae = AE + s * K, *__restrict__ aa = AA + s * K;
-#pragma omp simd
-                    for (int c = 0; c < K; c++) {
-                        T p = js[c] * ij, pq = p - gs[c] * ig;
-                        ae[c] += pq;
-                        aa[c] += (T)0.5 * p + nt[c] * (pq * ei[c] + p * Rc[c]);
-                        dei[c] += pq * nt[c];
-                        dmu[c] += p * nt[c];
+                    for (int q = 0; q < KS; q++) {
+                        T eg = mcgsm_exp_(gp[q] - mg), ej = mcgsm_exp_(jp[q] - mj);
+                        gp[q] = eg; jp[q] = ej; sg += eg; sj += ej;
                     }
+                    sgv[p] = sg; sjv[p] = sj;
                 }
-                T sdy = 0;
+                for (int p = 0; p < np; p++) {
+                    const int i = i0 + p;
+                    const T lpi = mcgsm_lp_(mjv[p], mgv[p], sjv[p], sgv[p]);
+                    const T wi = gw ? gw[r0 + i] : (T)1;
+                    loss += wi * lpi;
+                    if (lp) lp[r0 + i] = lpi;
+                    sgv[p] = wi / sgv[p]; sjv[p] = wi / sjv[p];
+                }
+                if (!grad) continue;
+                for (int p = 0; p < np; p++) {
+                    const int i = i0 + p;
+                    const T ig = sgv[p], ij = sjv[p];
+                    const T *__restrict__ ei = E + (size_t)i * K;
+                    const T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
+                    const T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
+                    T *__restrict__ dei = DE + (size_t)i * K;
+                    T *__restrict__ dmu = DFM + (size_t)i * N + F;
+                    /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq, dmu_c = -2 (y - mu_c) sum_s nh p */
+#pragma omp simd
+                    for (int c = 0; c < K; c++) { dei[c] = 0; dmu[c] = 0; }
+                    for (int s = 0; s < S; s++) {
+                        const T *__restrict__ nt = nh + s * K;
+                        const T *__restrict__ gs = gp + s * K, *__restrict__ js = jp + s * K;
+                        T *__restrict__ ae = AE + s * K, *__restrict__ aa = AA + s * K;
+#pragma omp simd
+                        for (int c = 0; c < K; c++) {
+                            T pj = js[c] * ij, pq = pj - gs[c] * ig;
+                            ae[c] += pq;
+                            aa[c] += (T)0.5 * pj + nt[c] * (pq * ei[c] + pj * rc[c]);
+                            dei[c] += pq * nt[c];
+                            dmu[c] += pj * nt[c];
+                        }
+                    }
+                    T sdy = 0;
 #pragma omp simd reduction(+ : sdy)
-                for (int c = 0; c < K; c++) { dmu[c] *= -2 * Dc[c]; sdy -= dmu[c]; }
-                if (dy) dy[r0 + i] = sdy;
+                    for (int c = 0; c < K; c++) { dmu[c] *= -2 * dc[c]; sdy -= dmu[c]; }
+                    if (dy) dy[r0 + i] = sdy;
+                }
             }
             if (!grad) {
                 a[0] += loss;
