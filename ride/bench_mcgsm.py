@@ -39,7 +39,8 @@ import copy
 import json
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -155,7 +156,7 @@ def benchmark(pixels: int = 20_000, valid_pixels: int = 20_000, iterations: int 
         for name, dtype in dtypes.items():
             rates: dict[str, list[float]] = {key: [] for key in dtypes}
 
-            def time_gemms() -> None:
+            def time_gemms(rates: dict[str, list[float]] = rates) -> None:
                 for key, timer in timers.items():
                     rates[key].append(statistics.median(timer() for _ in range(gemm_reps)))
 

@@ -13,6 +13,7 @@ costs against the former gcc call: README.performance.md.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,8 +40,10 @@ HEADERS = ("fastmath.h",)
 COMPILE_FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fno-math-errno",
                  "-fno-trapping-math", "-funsafe-math-optimizations"]
 LINK_FLAGS = ["-fopenmp"]
-# cpp_extension waits for the lock file of a running build; one older than this was left by a
-# process killed while building (a build takes seconds) and would make every later process wait.
+# cpp_extension waits while its lock file exists, and a process killed mid-build leaves it behind.
+# Builders hold an flock on build.flock (released by the kernel when a process dies), so a lock
+# file found while holding it is stale; where flock fails (some network filesystems), a lock file
+# older than this is taken for stale instead (a build takes seconds).
 STALE_LOCK_S = 600
 
 _lock = threading.Lock()
@@ -74,25 +78,56 @@ def build_library() -> Path:
     digest = hashlib.sha256(b"\0".join([*inputs, *map(str.encode, COMPILE_FLAGS + LINK_FLAGS),
                                          torch.__version__.encode()])).hexdigest()
     stamp = build_dir / "built-from.sha256"
-    if stamp.exists():
-        built, _, path = stamp.read_text().partition("\n")
-        if built == digest and Path(path).exists():
-            return Path(path)
+
+    def built() -> Path | None:
+        if stamp.exists():
+            done, _, path = stamp.read_text().partition("\n")
+            if done == digest and Path(path).exists():
+                return Path(path)
+        return None
+
+    if (path := built()) is not None:
+        return path
     if shutil.which(compiler) is None:
         raise FileNotFoundError(f"C++ compiler {compiler!r} not found")
-    lock = build_dir / "lock"
-    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-        lock.unlink(missing_ok=True)
-    from torch.utils import cpp_extension
+    with _exclusive(build_dir / "build.flock") as held:
+        if (path := built()) is not None:  # another process built it while this one waited
+            return path
+        lock = build_dir / "lock"
+        if lock.exists() and (held or time.time() - lock.stat().st_mtime > STALE_LOCK_S):
+            lock.unlink(missing_ok=True)
+        from torch.utils import cpp_extension
 
-    # Copies of the flags: cpp_extension appends its own to the lists it is given.
-    path = cpp_extension.load(name, [str(folder / src) for src in SOURCES], extra_cflags=list(COMPILE_FLAGS),
-                              extra_ldflags=list(LINK_FLAGS), build_directory=str(build_dir),
-                              is_python_module=False, verbose=False)
-    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{digest}\n{path}")
-    os.replace(tmp, stamp)  # atomic: a concurrent reader sees the old stamp or the new one
-    return Path(path)
+        # Copies of the flags: cpp_extension appends its own to the lists it is given.
+        path = Path(cpp_extension.load(name, [str(folder / src) for src in SOURCES], extra_cflags=list(COMPILE_FLAGS),
+                                       extra_ldflags=list(LINK_FLAGS), build_directory=str(build_dir),
+                                       is_python_module=False, verbose=False))
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(f"{digest}\n{path}")
+        os.replace(tmp, stamp)  # atomic: a concurrent reader sees the old stamp or the new one
+    return path
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on ``path`` (waiting for other holders); yields whether it is held
+    (False where flock is unavailable: no fcntl, or a filesystem that refuses it)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = True
+        except OSError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
