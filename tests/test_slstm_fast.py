@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -422,7 +423,7 @@ def _needs_nll_grad():
         pytest.skip("mcgsm_nll_grad needs the C kernels and torch's BLAS pointers")
 
 
-def _random_mcgsm(sizes, dtype, seed, magnitude):
+def _random_mcgsm(sizes, dtype, seed, magnitude, rows=203):
     """An MCGSM with N(0, magnitude^2) parameters and data; a few log-precisions lie beyond the
     clamp (zero gradient there), and large magnitudes put exp arguments far below -30."""
     from ride.mcgsm import MCGSM
@@ -434,8 +435,8 @@ def _random_mcgsm(sizes, dtype, seed, magnitude):
         for p in mcgsm.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * magnitude)
         mcgsm.scales.view(-1)[:2] = torch.tensor([35.0, -41.0])[: mcgsm.scales.numel()]
-    x = torch.randn(203, d, generator=gen, dtype=torch.float64) * magnitude
-    y = torch.randn(203, generator=gen, dtype=torch.float64) * magnitude
+    x = torch.randn(rows, d, generator=gen, dtype=torch.float64) * magnitude
+    y = torch.randn(rows, generator=gen, dtype=torch.float64) * magnitude
     return mcgsm, x.to(dtype), y.to(dtype)
 
 
@@ -491,6 +492,33 @@ def test_mcgsm_nll_grad_float32_is_close_to_float64(sizes, magnitude, tol):
     for name, a, b in zip(["priors", "scales", "weights", "features", "predictors"], fused, grads):
         assert a.dtype == torch.float32
         assert _scaled_error(a, b) <= tol, (name, _scaled_error(a, b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mcgsm_pass_sums_rows_in_order(monkeypatch, dtype):
+    """The pass's sum of (weighted) log p is the rows' values added one after the other within a
+    block (per block in the dtype, blocks in float64), whether or not it also writes the rows'
+    values: so the L-BFGS closure's value is the same number whatever the compiler makes of the
+    code around it (an unrolled, reassociated sum once changed it by an ulp and, through L-BFGS's
+    line search, moved trained MCGSMs)."""
+    _needs_nll_grad()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: one running sum
+    block = kernels.fused_mcgsm.NLL_GRAD_BLOCK
+    for seed in range(3):
+        mcgsm, x, y = _random_mcgsm((12, 32, 4, 32), dtype, seed=seed, magnitude=1.0, rows=3 * block + 37)
+        args = (x, y, mcgsm.priors.detach(), mcgsm.log_precisions().detach(), mcgsm.weights.detach(),
+                mcgsm.features.detach(), mcgsm.predictors.detach())
+        weights = torch.rand(y.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(seed))
+        for grad in (True, False):
+            for gw in (None, weights):
+                lp = torch.empty_like(y)
+                kernels.fused_mcgsm._train_pass(*args, lp=lp, grad=grad, gw=gw)
+                total = kernels.fused_mcgsm._train_pass(*args, grad=grad, gw=gw)[0]
+                terms = (lp if gw is None else gw * lp).numpy()
+                expected = 0.0
+                for start in range(0, len(terms), block):
+                    expected += float(np.cumsum(terms[start : start + block])[-1])  # sequential, in dtype
+                assert float(total) == expected, (seed, grad, gw is not None)
 
 
 def test_mcgsm_nll_grad_declines_where_it_does_not_apply(monkeypatch):

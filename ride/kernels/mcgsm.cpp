@@ -121,13 +121,21 @@ static inline double mcgsm_exp_(double x) { return exp_d_core(x < -708.0 ? -708.
 static inline float mcgsm_log_(float x) { return logf(x); }
 static inline double mcgsm_log_(double x) { return log(x); }
 /* log p = lse(joint) - lse(gate) = ((mj - mg) + log sj) - log sg, in this order whatever
- * -funsafe-math-optimizations would reassociate (the volatiles pin it): so the values do not depend
- * on the code around the call. */
+ * -funsafe-math-optimizations would reassociate (the volatiles pin it), so that the values do not
+ * depend on the code around the call. */
 template <typename T>
 static inline T mcgsm_lp_(T mj, T mg, T sj, T sg) {
     volatile T d = mj - mg;
     volatile T a = d + mcgsm_log_(sj);
     return a - mcgsm_log_(sg);
+}
+/* loss + w log p, rounded product then sum, one row after the other: the row groups' unrolled
+ * loop would otherwise let the compiler add the group's terms first (another rounding). */
+template <typename T>
+static inline T mcgsm_add_(T loss, T term) {
+    volatile T t = term;
+    volatile T sum = loss + t;
+    return sum;
 }
 
 template <typename T, typename GEMM>
@@ -213,7 +221,7 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
                     const int i = i0 + p;
                     const T lpi = mcgsm_lp_(mjv[p], mgv[p], sjv[p], sgv[p]);
                     const T wi = gw ? gw[r0 + i] : (T)1;
-                    loss += wi * lpi;
+                    loss = mcgsm_add_(loss, wi * lpi);
                     if (lp) lp[r0 + i] = lpi;
                     sgv[p] = wi / sgv[p]; sjv[p] = wi / sjv[p];
                 }
