@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# MCGSM kernel in row groups (d8f58a7) against 272c27f, and the MCGSM L-BFGS benchmark with its
+# MCGSM kernel in row groups (57a4f4c) against 272c27f, and the MCGSM L-BFGS benchmark with its
 # roofline timed around every L-BFGS step. Run from the repository root on a quiet machine:
 #   bash results/benchmarks/cpu-mcgsm-phases-2026-11-27/run.sh
 set -euo pipefail
 out=results/benchmarks/cpu-mcgsm-phases-2026-11-27
-old=272c27f new=d8f58a7
+old=272c27f new=57a4f4c
 tmp=$(mktemp -d)
 trap 'git worktree remove --force "$tmp/old" 2>/dev/null; git worktree remove --force "$tmp/new" 2>/dev/null; rm -rf "$tmp"' EXIT
 for tree in old new; do
@@ -14,6 +14,9 @@ for tree in old new; do
     cp "$so" "$tmp/$tree.so"
 done
 uptime > "$out/uptime_start.txt"
+# training's L-BFGS refinement, every kernel call in both builds: bitwise the same?
+PYTHONPATH="$tmp/new" RIDE_CACHE_DIR="$tmp/cache-new" python "$out/mcgsm_training_identity.py" \
+    "$tmp/old.so" "$tmp/new.so" > "$out/training_identity.txt"
 for t in 2 1; do
     PYTHONPATH="$tmp/new" RIDE_CACHE_DIR="$tmp/cache-new" python "$out/mcgsm_kernel_ab.py" "$t" 8 \
         "$tmp/old.so" "$tmp/new.so" > "$out/ab_t$t.txt"
