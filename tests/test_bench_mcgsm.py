@@ -84,7 +84,6 @@ def test_run_lbfgs_is_the_training_refinement():
     assert bench_mcgsm.mean_nll(run["mcgsm"], x, y) < bench_mcgsm.mean_nll(mcgsm, x, y)
 
 
-
 def test_roofline_gemms_between_steps_change_nothing_and_are_not_timed():
     mcgsm, x, y, _, _ = bench_mcgsm.dead_leaves_pixels(600, 100, size=16, components=4, scales=2, features=3)
     mcgsm = mcgsm.double()

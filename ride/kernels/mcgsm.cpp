@@ -94,7 +94,7 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
  */
 /* Rows go through the mixture loop in groups of MCGSM_PIX, phase by phase (maxima, exps and sums,
  * logs, gradients): each row's phases form one dependency chain, and the group's independent chains
- * overlap (4: 10 % faster than one row at a time, same arithmetic; 2-8 about alike). */
+ * overlap (4: 5-10 % faster than one row at a time, same arithmetic; 2-8 about alike). */
 #define MCGSM_PIX 4
 static inline int64_t mcgsm_nll_grad_work_(int block, int D, int K, int S, int F) {
     const int64_t N = F + K, KS = (int64_t)K * S;

@@ -6,6 +6,7 @@ included) on 100,000 whitened dead-leaves pixels at 1 and 2 threads; every call 
 (ride.kernels.fused_mcgsm._train_pass) runs in both builds and must give bitwise the same sums,
 gradients and per-row outputs. Kernel-level comparisons on random data missed a one-ulp change of
 the summed loss that appeared only here (and moved the quick MCGSM rows)."""
+import copy
 import ctypes
 import sys
 
@@ -41,9 +42,7 @@ mcgsm, x, y, vx, vy = bm.dead_leaves_pixels(100_000, 20_000)
 for threads in (1, 2):
     torch.set_num_threads(threads)
     calls[0], first_difference[0] = 0, None
-    work = mcgsm.double()
-    work = type(work)(work.dim_in, work.num_components, work.num_scales, work.num_features).double()
-    work.load_state_dict(mcgsm.double().state_dict())
+    work = copy.deepcopy(mcgsm).double()
     result = fit_mcgsm_lbfgs(work, x.double(), y.double(), vx.double(), vy.double(), max_iterations=150)
     verdict = "bitwise equal in every call" if first_difference[0] is None else (
         "DIFFERENT from call %d (sum %r vs %r)" % first_difference[0])
