@@ -387,6 +387,28 @@ def test_fused_mcgsm_equals_mcgsm(monkeypatch, dtype, weighting, impl):
         assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
 
 
+def test_blocked_mcgsm_retained_graph_backward_twice():
+    """A mean loss scales the forward's input gradients in place; a second backward of the same
+    retained graph recomputes them and gives the same gradients again."""
+    from ride.kernels.build import gemm_args
+    from ride.mcgsm import MCGSM
+
+    if kernels.c_kernels() is None or gemm_args(torch.float64)[0] is None:
+        pytest.skip("the blocked MCGSM needs the C kernels and torch's BLAS pointers")
+    torch.manual_seed(23)
+    mcgsm = MCGSM(6, 3, 2, 4).double()
+    h = torch.randn(300, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(300, dtype=torch.float64, requires_grad=True)
+    loss = -kernels.mcgsm_log_prob(mcgsm, h, y).mean()
+    inputs = (h, y, *mcgsm.parameters())
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss, inputs)
+    plain = torch.autograd.grad(-mcgsm.reference_log_prob(h, y).mean(), inputs)
+    for a, b, c in zip(first, second, plain):
+        assert torch.allclose(a, c, atol=1e-12, rtol=1e-10)
+        assert torch.allclose(b, c, atol=1e-12, rtol=1e-10)
+
+
 @pytest.mark.parametrize("impl", ["auto", "unblocked"])
 def test_fused_mcgsm_gradcheck(monkeypatch, impl):
     from types import SimpleNamespace

@@ -96,6 +96,7 @@ class BlockedMCGSM(torch.autograd.Function):
         args = (h, y, priors, scales, weights, features, predictors)
         ctx.save_for_backward(*args)
         ctx.unit = None
+        ctx.fresh = True  # the buffers in ctx.unit are as the forward left them
         if any(needs):
             dh = torch.empty_like(h) if needs[0] else None
             dy = torch.empty_like(y) if needs[1] else None
@@ -110,14 +111,25 @@ class BlockedMCGSM(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         dh, dy, params = ctx.unit
         grad = grad.contiguous()
+        if not ctx.fresh:  # a retained graph's second backward: the first scaled dh, dy in place
+            h, y = ctx.saved_tensors[:2]
+            dh = None if dh is None else torch.empty_like(h)
+            dy = None if dy is None else torch.empty_like(y)
+            params = _train_pass(*ctx.saved_tensors, gw=grad, grad=True, dh=dh, dy=dy)[1]
+            return (dh, dy, *[g.to(grad.dtype) for g in params])
         constant = grad.numel() > 0 and bool((grad == grad[0]).all())
         if constant:
+            # In place (the same products as by grad[:, None], without a new M x D tensor: 1 % of
+            # a training step); a later backward of a retained graph recomputes them (above).
             c = grad[0]
+            ctx.fresh = False
             params = [p * c for p in params]
+            dh = None if dh is None else dh.mul_(c)
+            dy = None if dy is None else dy.mul_(c)
         else:
             params = [g.to(grad.dtype) for g in _train_pass(*ctx.saved_tensors, gw=grad, grad=True)[1]]
-        dh = None if dh is None else dh * grad[:, None]
-        dy = None if dy is None else dy * grad
+            dh = None if dh is None else dh * grad[:, None]
+            dy = None if dy is None else dy * grad
         return (dh, dy, *params)
 
 
