@@ -11,7 +11,13 @@ interleaved rep by rep so that a shared machine slows all of them alike (medians
 * ``per_pixel_px_per_s``: the per-pixel raster schedule (``impl="reference"``: one cell at a
   time, batched over images, as the original Caffe code did);
 * ``gemm_flops``: a dense float32 GEMM (``--gemm-size``, default 2048 on CPU, 8192 on CUDA),
-  and ``roofline_px_per_s = gemm_flops / flops_per_px``.
+  timed right before and right after every timed step of the selected implementation (median
+  over all of them), and ``roofline_px_per_s = gemm_flops / flops_per_px``;
+* ``frac_roofline``: the median over reps of the step's px/s over the roofline of the two GEMMs
+  around it (``frac_roofline_reps``). A shared machine's speed drifts by tens of percent within
+  seconds and moves the steps and the GEMMs alike; the ratio of the two medians taken apart is
+  kept as ``frac_roofline_unpaired`` (``px_per_s / roofline_px_per_s``), which that drift
+  scatters more (results/benchmarks/README.md).
 
 FLOPs per scored pixel of one training step (forward + backward = 3x the forward GEMMs; the
 pointwise work is not counted)::
@@ -135,14 +141,19 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
     _train_step(model, images, impl)  # warm-up (also builds the C kernels once)
     times: dict[str, list[float]] = {name: [] for name in [impl, *baselines]}
     flops: list[float] = []
+    fracs: list[float] = []
+    fpp = flops_per_pixel(layers, hidden, extended)
     for rep in range(max(reps, per_pixel_reps)):
-        if rep < reps:
-            times[impl].append(_time(lambda: _train_step(model, images, impl), device))
         for base in baselines:
             if rep < per_pixel_reps:
                 times[base].append(_time(lambda: _train_step(model, images, base), device))
-        flops.append(gemm())
-    fpp = flops_per_pixel(layers, hidden, extended)
+        if rep < reps:
+            before = gemm()
+            step = _time(lambda: _train_step(model, images, impl), device)
+            after = gemm()
+            times[impl].append(step)
+            flops += [before, after]
+            fracs.append(px / step / ((before + after) / 2 / fpp))
     gemm_flops = statistics.median(flops)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     record: dict[str, Any] = {
@@ -173,7 +184,9 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         record["speedup_vs_per_pixel"] = None
     if "wavefront" in med:
         record["wavefront_px_per_s"] = px / med["wavefront"]
-    record["frac_roofline"] = record["px_per_s"] / record["roofline_px_per_s"]
+    record["frac_roofline"] = statistics.median(fracs)
+    record["frac_roofline_unpaired"] = record["px_per_s"] / record["roofline_px_per_s"]
+    record["frac_roofline_reps"] = fracs
     return record
 
 
@@ -430,7 +443,8 @@ def run(args: argparse.Namespace) -> int:
                         if args.json:  # after every configuration, so that a cut-short run keeps its records
                             _write_json(args.json, records)
         print("\n(* = best batch of the search; speedup = px/s over the per-pixel schedule (impl='reference') in "
-              f"the same reps; roofline = measured {size}^3 GEMM FLOP/s / GEMM FLOPs per scored pixel; mem MB = "
+              f"the same reps; roofline = measured {size}^3 GEMM FLOP/s / GEMM FLOPs per scored pixel; %roof = median "
+              "over reps of the step against the GEMMs timed just before and after it; mem MB = "
               "peak working memory of a training step, rss MB = peak resident set of that process)")
     if args.json:
         _write_json(args.json, records)

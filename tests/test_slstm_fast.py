@@ -610,6 +610,38 @@ def test_bench_quick_smoke(tmp_path):
     assert {r["patch"] for r in records} == {8, 22}
 
 
+def test_bench_pairs_each_step_with_the_gemms_around_it(monkeypatch):
+    """frac_roofline is the median over reps of each step against the GEMMs timed just before and
+    after it: where the machine's speed drifts during the reps (here linearly from one GEMM to the
+    next, steps and GEMMs alike) it stays at the true fraction, while the ratio of the medians
+    taken apart (kept as frac_roofline_unpaired) does not."""
+    import ride.bench as bench
+
+    reps = [(1.0, 1.0), (1.0, 1.0), (1.0, 0.5), (0.5, 0.5), (0.5, 1.0)]  # speed at each rep's GEMMs
+    speeds = iter([v for b, a in reps for v in (b, (b + a) / 2, a)])  # the step runs in between
+    calls = []
+
+    def fake_time(fn, device):
+        calls.append("step")
+        return 0.01 / next(speeds)
+
+    def gemm():
+        calls.append("gemm")
+        return 1e11 * next(speeds)
+
+    monkeypatch.setattr(bench, "_time", fake_time)
+    monkeypatch.setattr(bench, "_train_step", lambda *a: None)
+    monkeypatch.setattr(bench, "_make_model", lambda *a: (None, torch.zeros(1)))
+    rec = bench.measure_config(1, 64, 22, 50, torch.device("cpu"), "fused", 5, 0, gemm, baselines=())
+    assert calls == ["gemm", "step", "gemm"] * 5
+    px, fpp = 50 * 360, bench.flops_per_pixel(1, 64)
+    true = px / 0.01 / (1e11 / fpp)  # the step's px/s over the roofline at the same speed
+    assert rec["frac_roofline_reps"] == pytest.approx([true] * 5)
+    assert rec["frac_roofline"] == pytest.approx(true)
+    # apart: median step at speed 0.75 against the median GEMM at speed 1
+    assert rec["frac_roofline_unpaired"] == pytest.approx(0.75 * true)
+
+
 def test_bench_peak_memory():
     from ride.bench import peak_memory
 
