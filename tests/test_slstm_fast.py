@@ -387,6 +387,25 @@ def test_fused_mcgsm_equals_mcgsm(monkeypatch, dtype, weighting, impl):
         assert torch.allclose(a, b, atol=tol, rtol=tol), (a - b).abs().max()
 
 
+def test_fused_mcgsm_leaves_broadcast_outputs_to_the_reference():
+    """Outputs that only broadcast against the inputs are scored as the reference scores them
+    (the kernels would read one output per input row); outputs that do not fit raise its error,
+    and the internal pass refuses mismatched rows before any kernel runs."""
+    from ride.mcgsm import MCGSM
+
+    if kernels.c_kernels() is None:
+        pytest.skip("the fused MCGSM needs the C kernels")
+    torch.manual_seed(29)
+    mcgsm = MCGSM(5, 3, 2, 4)
+    h, y = torch.randn(4, 25, 5), torch.randn(25)
+    assert torch.allclose(mcgsm.log_prob(h, y), mcgsm.reference_log_prob(h, y))
+    with pytest.raises(RuntimeError, match="must match"):
+        mcgsm.log_prob(torch.randn(100_000, 5), torch.randn(10))
+    p = [t.detach() for t in (mcgsm.priors, mcgsm.log_precisions(), mcgsm.weights, mcgsm.features, mcgsm.predictors)]
+    with pytest.raises(ValueError, match="M outputs"):
+        fused_mcgsm._train_pass(torch.randn(100, 5), torch.randn(10), *p)
+
+
 def test_blocked_mcgsm_retained_graph_backward_twice():
     """A mean loss scales the forward's input gradients in place; a second backward of the same
     retained graph recomputes them and gives the same gradients again."""

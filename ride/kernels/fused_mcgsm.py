@@ -145,6 +145,8 @@ def _train_pass(h: torch.Tensor, y: torch.Tensor, priors: torch.Tensor, alpha: t
     lib = c_kernels()
     gemm, set_threads = gemm_args(h.dtype)
     (k, s), (d, f), m = priors.shape, features.shape, h.shape[0]
+    if h.shape != (m, d) or y.shape != (m,) or any(t is not None and t.shape[0] != m for t in (lp, gw, dh, dy)):
+        raise ValueError(f"MCGSM pass: inputs {tuple(h.shape)} must be M x {d} with M outputs, got {tuple(y.shape)}")
     ks, n = k * s, f + k
     both = torch.cat([features, predictors], 1).contiguous()
     w2 = weights.square().contiguous()
@@ -184,7 +186,10 @@ def mcgsm_log_prob(mcgsm: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor
     ``MCGSM.log_prob`` itself delegates here). Equal to ``MCGSM.log_prob`` within float rounding
     (tests/test_slstm_fast.py).
     """
-    if inputs.shape[-1] != mcgsm.dim_in or not use_c_kernels(inputs) or outputs.dtype != inputs.dtype:
+    # Outputs that only broadcast against the inputs (or do not fit them at all) go to the
+    # fallback too: the kernels read exactly one output per input row.
+    if (inputs.shape[-1] != mcgsm.dim_in or outputs.shape != inputs.shape[:-1] or not use_c_kernels(inputs)
+            or outputs.dtype != inputs.dtype):
         return (fallback or mcgsm.log_prob)(inputs, outputs)
     shape = outputs.shape
     h = inputs.reshape(-1, inputs.shape[-1]).contiguous()
