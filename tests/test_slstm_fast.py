@@ -94,6 +94,34 @@ def test_fused_c_sweeps_with_and_without_blas_pointers(monkeypatch, blas):
         _assert_fused_equals_reference(_randomise(SLSTMStack(3, 4, 2, extended).double(), seed=8))
 
 
+@pytest.mark.parametrize("extended", [False, True])
+def test_backward_without_input_gradient_reuses_one_dz_buffer(monkeypatch, extended):
+    """Where the input needs no gradient (training's first layer) the C backward runs every
+    diagonal in one sweep writing dL/dz to one buffer: parameter gradients bitwise equal to the
+    chunked sweep's (input with a gradient, several chunks) and to the reference within 1e-10."""
+    from ride.kernels import build
+
+    if kernels.c_kernels() is None or not build.blas_pointers():
+        pytest.skip("needs the C kernels and torch's BLAS pointers")
+    monkeypatch.setattr(fused_slstm, "_CHUNK_ROWS", 16)
+    fixed = []
+    sweep = fused_slstm._BACKWARD["c"]
+    monkeypatch.setitem(fused_slstm._BACKWARD, "c", lambda *a, **k: fixed.append(not k.get("keep_dz", True))
+                        or sweep(*a, **k))
+    stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=21)
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    w = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    results = {}
+    for impl, needs_x in (("fused", False), ("fused", True), ("reference", False)):
+        stack.zero_grad()
+        (stack(x.clone().requires_grad_(needs_x), impl=impl) * w).sum().backward()
+        results[impl, needs_x] = [p.grad.clone() for p in stack.parameters()]
+    assert fixed == [False, True, False, False]  # layer 2, then layer 1 without / with an input gradient
+    for a, b, c in zip(results["fused", False], results["fused", True], results["reference", False]):
+        assert torch.equal(a, b)
+        assert torch.allclose(a, c, atol=1e-10)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("extended", [False, True])

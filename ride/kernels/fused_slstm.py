@@ -138,6 +138,7 @@ class FusedSLSTM(torch.autograd.Function):
             if in_kernel:
                 acc = inputs.new_zeros(torch.get_num_threads(), inputs.shape[3], 5 * h)
                 extra["wgrad"] = (inputs[g], acc)
+                extra["keep_dz"] = grad_x is not None  # else flush has nothing to do
             dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush, **extra)
             if in_kernel:
                 grad_w[g].add_(acc.sum(0))
@@ -297,10 +298,12 @@ def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
     return hidden
 
 
-def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None):
+def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None,
+                      keep_dz=True):
     """The reverse sweep with the C kernels. ``wgrad = (inputs, acc)``, where the kernels call
     BLAS: every thread adds ``inputs^T dz`` of its rows to ``acc[thread]`` (``threads x k_all x 5h``)
-    per diagonal, so ``flush`` need not form the weight gradient."""
+    per diagonal, so ``flush`` need not form the weight gradient; with ``keep_dz`` False as well
+    (no input gradient), ``flush`` is not called and each diagonal's dL/dz reuses one buffer."""
     lib = c_kernels()
     fn = lib.slstm_bwd_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_f64
     gemm, set_threads = gemm_args(gates.dtype)
@@ -308,8 +311,16 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
     n_img = gates.shape[1]
     k_rec = weight_rec.shape[1]
     height = plan.height
-    groups = _chunks(plan, n_img)
-    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
+    # Without flushes, dL/dz is dead once its diagonal's GEMMs ran: one sweep over every diagonal,
+    # each writing the same (cache-resident) rows; the arithmetic is the same as by chunks.
+    fixed = wgrad is not None and gemm is not None and not keep_dz
+    if fixed:
+        last = len(plan.spans) - 1
+        groups = [(0, last, 0, plan.spans[last][0] + plan.spans[last][2] - plan.spans[last][1] + 1)]
+        dzbuf = gates.new_empty(max(hi - lo + 1 for _, lo, hi in plan.spans) * n_img, 5 * h)
+    else:
+        groups = _chunks(plan, n_img)
+        dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
     # dL/d(recurrent inputs) by row, ping-pong: diagonal d reads what d + 1 wrote (rows outside
     # d + 1's are never read, so neither buffer needs clearing) and writes its own rows.
     d_recs = [gates.new_zeros(height + 1, n_img, k_rec) for _ in range(2)]
@@ -334,8 +345,9 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
         for d_first, d_last, p0, p1 in groups:
             sweep(len(plan.spans), _ptr(spans), d_first, d_last, p0, n_img, h, int(extended), z0, dz0, c0, h0, go0,
                   _ptr(d_recs[0]), _ptr(d_recs[1]), k_rec, _ptr(dcbuf[0]), _ptr(dcbuf[1]), _ptr(dbias), nthreads,
-                  gemm, set_threads, w0, y_all, k_all, gw)
-            flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
+                  gemm, set_threads, w0, y_all, k_all, gw, int(fixed))
+            if not fixed:
+                flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
         return dbias.sum(0)
     # Without BLAS pointers: one kernel call and one torch GEMM per diagonal.
     nlo, nhi = 1, 0  # rows of the next diagonal (none yet)

@@ -251,13 +251,15 @@ static void fwd_sweep(int D, const int *spans, int N, int h, int ext, T *gates, 
  * dr[(d+1)%2], writes dr[d%2]) and dc0/dc1 ((H+1, N, 2h), reads dc[d%2], writes dc[(d+1)%2]).
  * gout: (P*N, h) gradient of the layer's output; wrec: 5h x kb; dbias: one row of 5h sums per
  * thread; gw: one kall x 5h weight-gradient block per thread (with inputs, the GEMM inputs
- * (P*N, kall)), or NULL.
+ * (P*N, kall)), or NULL. dz_fixed: every diagonal's dz goes to the start of dzbuf (sized for the
+ * longest diagonal) instead of its own rows, where nothing reads dz after its diagonal's GEMMs: the
+ * same cache lines each diagonal, not a fresh stretch of a chunk-sized buffer.
  */
 template <typename T>
 static void bwd_sweep(int D, const int *spans, int d_first, int d_last, int p0, int N, int h, int ext,
                       const T *gates, T *dzbuf, const T *cells, const T *hidden, const T *gout, T *dr0, T *dr1,
                       int kb, T *dc0, T *dc1, T *dbias, int nthreads, typename Ops<T>::gemm_t gemm,
-                      set_threads_t set_threads, const T *wrec, const T *inputs, int kall, T *gw) {
+                      set_threads_t set_threads, const T *wrec, const T *inputs, int kall, T *gw, int dz_fixed) {
     const int64_t h5 = 5 * (int64_t)h, s_row = (int64_t)h * N;
     const int ecl = ext ? 2 * h : 0, ecu = ext ? 3 * h : 0;
 #pragma omp parallel num_threads(nthreads)
@@ -276,7 +278,7 @@ static void bwd_sweep(int D, const int *spans, int d_first, int d_last, int p0, 
             if (d + 1 < D) nlo = spans[3 * d + 4], nhi = spans[3 * d + 5];
             T *d_in = d % 2 ? dr0 : dr1, *d_out = d % 2 ? dr1 : dr0;
             T *dcin = d % 2 ? dc1 : dc0, *dcout = d % 2 ? dc0 : dc1;
-            bwd_rows<T>(q0, q1, N, h, lo, gates + (int64_t)off * N * h5, dzbuf + (int64_t)(off - p0) * N * h5,
+            bwd_rows<T>(q0, q1, N, h, lo, gates + (int64_t)off * N * h5, dzbuf + (dz_fixed ? 0 : (int64_t)(off - p0) * N * h5),
                         cells + off * s_row, hidden + off * s_row, gout + off * s_row, cprev, plo, phi, d_in, kb,
                         0, h, ext, ecl, ecu, nlo, nhi, dcin, dcout, acc, gemm, wrec, d_out + (int64_t)lo * N * kb,
                         d > 0, gw ? inputs + (int64_t)off * N * kall : inputs, kall, gwt);
@@ -306,9 +308,10 @@ void slstm_fwd_sweep_##SUF(int D, const int *spans, int N, int h, int ext, T *ga
 void slstm_bwd_sweep_##SUF(int D, const int *spans, int d_first, int d_last, int p0, int N, int h, int ext, \
                            const T *gates, T *dzbuf, const T *cells, const T *hidden, const T *gout, T *dr0, \
                            T *dr1, int kb, T *dc0, T *dc1, T *dbias, int nthreads, Ops<T>::gemm_t gemm, \
-                           set_threads_t set_threads, const T *wrec, const T *inputs, int kall, T *gw) { \
+                           set_threads_t set_threads, const T *wrec, const T *inputs, int kall, T *gw,    \
+                           int dz_fixed) {                                                             \
     bwd_sweep<T>(D, spans, d_first, d_last, p0, N, h, ext, gates, dzbuf, cells, hidden, gout, dr0, dr1, kb, \
-                 dc0, dc1, dbias, nthreads, gemm, set_threads, wrec, inputs, kall, gw);               \
+                 dc0, dc1, dbias, nthreads, gemm, set_threads, wrec, inputs, kall, gw, dz_fixed);     \
 }
 
 extern "C" {
