@@ -542,6 +542,22 @@ def test_check_command_exit_codes(tmp_path, config, capsys):
     assert "nothing to judge" in capsys.readouterr().err
 
 
+def test_python_m_ride_tables_is_ride_table(tmp_path, config):
+    """``python -m ride.tables check`` (the issue's wording) runs ``ride table check``: a table with
+    nothing to judge exits 1 saying so (the module used to run nothing and exit 0)."""
+    import subprocess
+    import sys
+
+    config["pending"] = list(PAPER)
+    out = tmp_path / "paper" / "table3.csv"
+    T.render_table(config, "table3", "paper", {}, {}, out)
+    run = subprocess.run([sys.executable, "-m", "ride.tables", "check", str(out)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert run.returncode == 1 and "nothing to judge: all 8 rows pending" in run.stderr
+    bad = subprocess.run([sys.executable, "-m", "ride.tables", "check"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "ride table check" in bad.stderr
+
+
 def test_check_rejudges_with_config(tmp_path, config):
     evals, trains, _ = write_inputs(tmp_path, config, shifted())
     path = tmp_path / "table3.csv"
