@@ -673,8 +673,6 @@ def compare_to_reference(
     return out
 
 
-
-
 if __name__ == "__main__":
     # ``python -m ride.tables check|spread ...`` is ``ride table check|spread ...`` (it used to run
     # nothing and exit 0, a check that could not fail).

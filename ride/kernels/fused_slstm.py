@@ -315,8 +315,7 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
     # each writing the same (cache-resident) rows; the arithmetic is the same as by chunks.
     fixed = wgrad is not None and gemm is not None and not keep_dz
     if fixed:
-        last = len(plan.spans) - 1
-        groups = [(0, last, 0, plan.spans[last][0] + plan.spans[last][2] - plan.spans[last][1] + 1)]
+        groups = [(0, len(plan.spans) - 1, 0, None)]  # no flush, so no chunk end
         dzbuf = gates.new_empty(max(hi - lo + 1 for _, lo, hi in plan.spans) * n_img, 5 * h)
     else:
         groups = _chunks(plan, n_img)
