@@ -590,6 +590,28 @@ def test_mcgsm_pass_sums_rows_in_order(monkeypatch, dtype):
                 assert float(total) == expected, (seed, grad, gw is not None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_mcgsm_pass_is_the_same_on_any_number_of_threads(monkeypatch, dtype):
+    """The threads claim runs of blocks as they come free, each run summed into its own row:
+    values, parameter and input gradients are bitwise the same on 1, 2 or 3 threads (and so
+    whichever thread the machine slowed down)."""
+    _needs_nll_grad()
+    block = kernels.fused_mcgsm.NLL_GRAD_BLOCK
+    mcgsm, x, y = _random_mcgsm((12, 32, 4, 32), dtype, seed=5, magnitude=1.0, rows=21 * block + 5)
+    args = (x, y, mcgsm.priors.detach(), mcgsm.log_precisions().detach(), mcgsm.weights.detach(),
+            mcgsm.features.detach(), mcgsm.predictors.detach())
+    weights = torch.rand(y.shape[0], dtype=dtype, generator=torch.Generator().manual_seed(1))
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        lp, dh, dy = torch.empty_like(y), torch.empty_like(x), torch.empty_like(y)
+        total, grads = kernels.fused_mcgsm._train_pass(*args, lp=lp, grad=True, gw=weights, dh=dh, dy=dy)
+        results.append([total, *grads, lp, dh, dy])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_mcgsm_nll_grad_declines_where_it_does_not_apply(monkeypatch):
     _needs_nll_grad()
     mcgsm, x, y = _random_mcgsm((4, 3, 2, 5), torch.float64, seed=3, magnitude=1.0)

@@ -148,6 +148,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             fn.argtypes, fn.restype = argtypes, None
     lib.probe_f32.argtypes = [i, p, p, p]
     lib.mcgsm_nll_grad_work.argtypes, lib.mcgsm_nll_grad_work.restype = [i, i, i, i, i], i64
+    lib.mcgsm_nll_grad_groups.argtypes, lib.mcgsm_nll_grad_groups.restype = [i64, i], i64
     return lib
 
 

@@ -153,8 +153,9 @@ def _train_pass(h: torch.Tensor, y: torch.Tensor, priors: torch.Tensor, alpha: t
     eta = priors.t().contiguous()  # scale-major (S x K): the kernel's loops run over components
     nh = (-0.5 * alpha.exp()).t().contiguous()
     cst = (0.5 * alpha - 0.5 * math.log(2 * math.pi)).t().contiguous()
-    nthreads = max(1, min(torch.get_num_threads(), -(-m // block)))
-    acc = torch.zeros(nthreads, 1 + 2 * ks + k * f + d * n, dtype=torch.float64)  # the kernel's row layout
+    groups = lib.mcgsm_nll_grad_groups(m, block)  # runs of blocks, one accumulator row each
+    nthreads = max(1, min(torch.get_num_threads(), groups))
+    acc = torch.zeros(groups, 1 + 2 * ks + k * f + d * n, dtype=torch.float64)  # the kernel's row layout
     work = torch.empty(nthreads * lib.mcgsm_nll_grad_work(block, d, k, s, f), dtype=h.dtype)
     fn = lib.mcgsm_train_f32 if h.dtype == torch.float32 else lib.mcgsm_train_f64
 

@@ -85,10 +85,13 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
  *   eta, nh, cst: S x K (scale-major, so that the loops over components are contiguous and the
  *   per-component e_c, r_c need no broadcast copies), otherwise as in DEFINE_MCGSM.
  *   work: nthreads x mcgsm_nll_grad_work(...) scratch elements of type T.
- *   acc: nthreads x (1 + 2KS + KF + D(F+K)) float64, zeroed by the caller; thread t adds
- *   [sum log p, d/deta (S x K), d/dalpha (S x K), sum_m de_mc f_mn^2 (K x F), d/dboth (D x (F+K))]
- *   to its row. Blocks are summed in T and added to the float64 rows, so float32 sums of many
- *   pixels keep float64 accuracy across blocks.
+ *   acc: groups x (1 + 2KS + KF + D(F+K)) float64, zeroed by the caller, groups =
+ *   mcgsm_nll_grad_groups(M, block): the blocks fall into that many runs of consecutive blocks,
+ *   which the threads claim one at a time (a thread slowed by the machine takes fewer); run g
+ *   adds [sum log p, d/deta (S x K), d/dalpha (S x K), sum_m de_mc f_mn^2 (K x F), d/dboth
+ *   (D x (F+K))] to row g, block after block. Blocks are summed in T and added to the float64
+ *   rows, so float32 sums of many pixels keep float64 accuracy across blocks; the sums do not
+ *   depend on which thread ran a run, nor on the number of threads.
  * Training (mcgsm_train_*): gw weights row m's log p (NULL: 1), lp receives every row's log p,
  * grad = 0 stops after the values, dh (M x D) and dy (M) receive the rows' input gradients.
  */
@@ -96,6 +99,17 @@ void BWD(int64_t M, int K, int S, const T *e, const T *r, const T *gout, const T
  * logs, gradients): each row's phases form one dependency chain, and the group's independent chains
  * overlap (4: 5-10 % faster than one row at a time, same arithmetic; 2-8 about alike). */
 #define MCGSM_PIX 4
+#define MCGSM_GROUPS 16
+static inline int64_t mcgsm_nll_grad_groups_(int64_t M, int block) {
+    const int64_t nblocks = (M + block - 1) / block;
+    return nblocks < MCGSM_GROUPS ? nblocks : MCGSM_GROUPS;
+}
+/* First block of run g of G: runs shrink towards the end (the first 1 - (1 - g/G)^2 of the blocks
+ * before run g), so that the threads finish close together. */
+static inline int64_t mcgsm_group_start_(int64_t nblocks, int64_t G, int64_t g) {
+    const int64_t rest = G - g;
+    return nblocks - (nblocks * rest * rest) / (G * G);
+}
 static inline int64_t mcgsm_nll_grad_work_(int block, int D, int K, int S, int F) {
     const int64_t N = F + K, KS = (int64_t)K * S;
     return (block * (2 * N + F + 2 * K) + (2 * MCGSM_PIX + 2) * KS + 2 * MCGSM_PIX * K + K * F + D * N + 15) / 16
@@ -145,11 +159,10 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
                             mcgsm_set_threads_t set_threads, const T *gw, T *lp, int grad, T *dh, T *dy) {
     const int KS = K * S, N = F + K;
     const int64_t nacc = 1 + 2 * (int64_t)KS + (int64_t)K * F + (int64_t)D * N;
-    const int64_t nblocks = (M + block - 1) / block;
+    const int64_t nblocks = (M + block - 1) / block, groups = mcgsm_nll_grad_groups_(M, block);
 #pragma omp parallel num_threads(nthreads)
     {
         const int t = omp_get_thread_num();
-        double *a = acc + t * nacc;
         /* scratch: FM, DFM (block x N), F2 (block x F), E, DE (block x K), G, J (MCGSM_PIX x KS), AE, AA (KS),
          * Rc, Dc (MCGSM_PIX x K), dW (K x F), dB (D x N) */
         T *buf = work + (size_t)t * mcgsm_nll_grad_work_(block, D, K, S, F);
@@ -165,119 +178,126 @@ static void mcgsm_nll_grad_(int64_t M, int D, int K, int S, int F, const T *h, c
         const int prev = set_threads ? set_threads(1) : 0;
         const unsigned csr = mcgsm_ftz_on_();
         const T one = 1, zero = 0;
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < nblocks; b++) {
-            const int64_t r0 = b * block;
-            int B = (int)(M - r0 < block ? M - r0 : block);
-            const T *hb = h + r0 * D;
-            /* FM = hb @ both (B x N); F2 = FM[:, :F]^2; E = F2 @ w2^T (B x K) */
-            gemm("N", "N", &N, &B, &D, &one, both, &N, hb, &D, &zero, FM, &N);
-            for (int i = 0; i < B; i++) {
-                const T *__restrict__ fi = FM + (size_t)i * N;
-                T *__restrict__ f2 = F2 + (size_t)i * F;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t grp = 0; grp < groups; grp++) {
+            double *a = acc + grp * nacc;
+            const int64_t b_end = mcgsm_group_start_(nblocks, groups, grp + 1);
+            for (int64_t b = mcgsm_group_start_(nblocks, groups, grp); b < b_end; b++) {
+                const int64_t r0 = b * block;
+                int B = (int)(M - r0 < block ? M - r0 : block);
+                const T *hb = h + r0 * D;
+                /* FM = hb @ both (B x N); F2 = FM[:, :F]^2; E = F2 @ w2^T (B x K) */
+                gemm("N", "N", &N, &B, &D, &one, both, &N, hb, &D, &zero, FM, &N);
+                for (int i = 0; i < B; i++) {
+                    const T *__restrict__ fi = FM + (size_t)i * N;
+                    T *__restrict__ f2 = F2 + (size_t)i * F;
 #pragma omp simd
-                for (int n = 0; n < F; n++) f2[n] = fi[n] * fi[n];
-            }
-            gemm("T", "N", &K, &B, &F, &one, w2, &F, F2, &F, &zero, E, &K);
-            T loss = 0;
-            for (int q = 0; q < KS; q++) { AE[q] = 0; AA[q] = 0; }
-            for (int i0 = 0; i0 < B; i0 += MCGSM_PIX) {
-                const int np = B - i0 < MCGSM_PIX ? B - i0 : MCGSM_PIX;
-                T mgv[MCGSM_PIX], mjv[MCGSM_PIX], sgv[MCGSM_PIX], sjv[MCGSM_PIX];
-                for (int p = 0; p < np; p++) {
-                    const int i = i0 + p;
-                    const T yi = y[r0 + i];
-                    const T *__restrict__ mu = FM + (size_t)i * N + F;
-                    const T *__restrict__ ei = E + (size_t)i * K;
-                    T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
+                    for (int n = 0; n < F; n++) f2[n] = fi[n] * fi[n];
+                }
+                gemm("T", "N", &K, &B, &F, &one, w2, &F, F2, &F, &zero, E, &K);
+                T loss = 0;
+                for (int q = 0; q < KS; q++) { AE[q] = 0; AA[q] = 0; }
+                for (int i0 = 0; i0 < B; i0 += MCGSM_PIX) {
+                    const int np = B - i0 < MCGSM_PIX ? B - i0 : MCGSM_PIX;
+                    T mgv[MCGSM_PIX], mjv[MCGSM_PIX], sgv[MCGSM_PIX], sjv[MCGSM_PIX];
+                    for (int p = 0; p < np; p++) {
+                        const int i = i0 + p;
+                        const T yi = y[r0 + i];
+                        const T *__restrict__ mu = FM + (size_t)i * N + F;
+                        const T *__restrict__ ei = E + (size_t)i * K;
+                        T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
 #pragma omp simd
-                    for (int c = 0; c < K; c++) { T d = yi - mu[c]; dc[c] = d; rc[c] = d * d; }
-                    T mg = -INFINITY, mj = -INFINITY;
-                    for (int s = 0; s < S; s++) {
-                        const T *__restrict__ et = eta + s * K, *__restrict__ nt = nh + s * K, *__restrict__ ct = cst + s * K;
-                        T *__restrict__ gs = G + (size_t)p * KS + s * K, *__restrict__ js = J + (size_t)p * KS + s * K;
+                        for (int c = 0; c < K; c++) { T d = yi - mu[c]; dc[c] = d; rc[c] = d * d; }
+                        T mg = -INFINITY, mj = -INFINITY;
+                        for (int s = 0; s < S; s++) {
+                            const T *__restrict__ et = eta + s * K, *__restrict__ nt = nh + s * K;
+                            const T *__restrict__ ct = cst + s * K;
+                            T *__restrict__ gs = G + (size_t)p * KS + s * K;
+                            T *__restrict__ js = J + (size_t)p * KS + s * K;
 #pragma omp simd reduction(max : mg, mj)
-                        for (int c = 0; c < K; c++) {
-                            T g = et[c] + nt[c] * ei[c];
-                            T j = g + ct[c] + nt[c] * rc[c];
-                            gs[c] = g; js[c] = j;
-                            mg = g > mg ? g : mg; mj = j > mj ? j : mj;
+                            for (int c = 0; c < K; c++) {
+                                T g = et[c] + nt[c] * ei[c];
+                                T j = g + ct[c] + nt[c] * rc[c];
+                                gs[c] = g; js[c] = j;
+                                mg = g > mg ? g : mg; mj = j > mj ? j : mj;
+                            }
                         }
+                        mgv[p] = mg; mjv[p] = mj;
                     }
-                    mgv[p] = mg; mjv[p] = mj;
-                }
-                for (int p = 0; p < np; p++) {
-                    T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
-                    const T mg = mgv[p], mj = mjv[p];
-                    T sg = 0, sj = 0;
+                    for (int p = 0; p < np; p++) {
+                        T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
+                        const T mg = mgv[p], mj = mjv[p];
+                        T sg = 0, sj = 0;
 #pragma omp simd reduction(+ : sg, sj)
-                    for (int q = 0; q < KS; q++) {
-                        T eg = mcgsm_exp_(gp[q] - mg), ej = mcgsm_exp_(jp[q] - mj);
-                        gp[q] = eg; jp[q] = ej; sg += eg; sj += ej;
-                    }
-                    sgv[p] = sg; sjv[p] = sj;
-                }
-                for (int p = 0; p < np; p++) {
-                    const int i = i0 + p;
-                    const T lpi = mcgsm_lp_(mjv[p], mgv[p], sjv[p], sgv[p]);
-                    const T wi = gw ? gw[r0 + i] : (T)1;
-                    loss = mcgsm_add_(loss, wi * lpi);
-                    if (lp) lp[r0 + i] = lpi;
-                    sgv[p] = wi / sgv[p]; sjv[p] = wi / sjv[p];
-                }
-                if (!grad) continue;
-                for (int p = 0; p < np; p++) {
-                    const int i = i0 + p;
-                    const T ig = sgv[p], ij = sjv[p];
-                    const T *__restrict__ ei = E + (size_t)i * K;
-                    const T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
-                    const T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
-                    T *__restrict__ dei = DE + (size_t)i * K;
-                    T *__restrict__ dmu = DFM + (size_t)i * N + F;
-                    /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq, dmu_c = -2 (y - mu_c) sum_s nh p */
-#pragma omp simd
-                    for (int c = 0; c < K; c++) { dei[c] = 0; dmu[c] = 0; }
-                    for (int s = 0; s < S; s++) {
-                        const T *__restrict__ nt = nh + s * K;
-                        const T *__restrict__ gs = gp + s * K, *__restrict__ js = jp + s * K;
-                        T *__restrict__ ae = AE + s * K, *__restrict__ aa = AA + s * K;
-#pragma omp simd
-                        for (int c = 0; c < K; c++) {
-                            T pj = js[c] * ij, pq = pj - gs[c] * ig;
-                            ae[c] += pq;
-                            aa[c] += (T)0.5 * pj + nt[c] * (pq * ei[c] + pj * rc[c]);
-                            dei[c] += pq * nt[c];
-                            dmu[c] += pj * nt[c];
+                        for (int q = 0; q < KS; q++) {
+                            T eg = mcgsm_exp_(gp[q] - mg), ej = mcgsm_exp_(jp[q] - mj);
+                            gp[q] = eg; jp[q] = ej; sg += eg; sj += ej;
                         }
+                        sgv[p] = sg; sjv[p] = sj;
                     }
-                    T sdy = 0;
-#pragma omp simd reduction(+ : sdy)
-                    for (int c = 0; c < K; c++) { dmu[c] *= -2 * dc[c]; sdy -= dmu[c]; }
-                    if (dy) dy[r0 + i] = sdy;
-                }
-            }
-            if (!grad) {
-                a[0] += loss;
-                continue;
-            }
-            /* dW = DE^T @ F2 (K x F); DFM[:, :F] = 2 FM[:, :F] * (DE @ w2); dB = hb^T @ DFM */
-            gemm("N", "T", &F, &K, &B, &one, F2, &F, DE, &K, &zero, dW, &F);
-            gemm("N", "N", &F, &B, &K, &one, w2, &F, DE, &K, &zero, DFM, &N);
-            for (int i = 0; i < B; i++) {
-                const T *__restrict__ fi = FM + (size_t)i * N;
-                T *__restrict__ di = DFM + (size_t)i * N;
+                    for (int p = 0; p < np; p++) {
+                        const int i = i0 + p;
+                        const T lpi = mcgsm_lp_(mjv[p], mgv[p], sjv[p], sgv[p]);
+                        const T wi = gw ? gw[r0 + i] : (T)1;
+                        loss = mcgsm_add_(loss, wi * lpi);
+                        if (lp) lp[r0 + i] = lpi;
+                        sgv[p] = wi / sgv[p]; sjv[p] = wi / sjv[p];
+                    }
+                    if (!grad) continue;
+                    for (int p = 0; p < np; p++) {
+                        const int i = i0 + p;
+                        const T ig = sgv[p], ij = sjv[p];
+                        const T *__restrict__ ei = E + (size_t)i * K;
+                        const T *__restrict__ rc = Rc + p * K, *__restrict__ dc = Dc + p * K;
+                        const T *__restrict__ gp = G + (size_t)p * KS, *__restrict__ jp = J + (size_t)p * KS;
+                        T *__restrict__ dei = DE + (size_t)i * K;
+                        T *__restrict__ dmu = DFM + (size_t)i * N + F;
+                        /* p: joint posterior, pq: p - gate posterior; de_c = sum_s nh pq,
+                         * dmu_c = -2 (y - mu_c) sum_s nh p */
 #pragma omp simd
-                for (int n = 0; n < F; n++) di[n] *= 2 * fi[n];
+                        for (int c = 0; c < K; c++) { dei[c] = 0; dmu[c] = 0; }
+                        for (int s = 0; s < S; s++) {
+                            const T *__restrict__ nt = nh + s * K;
+                            const T *__restrict__ gs = gp + s * K, *__restrict__ js = jp + s * K;
+                            T *__restrict__ ae = AE + s * K, *__restrict__ aa = AA + s * K;
+#pragma omp simd
+                            for (int c = 0; c < K; c++) {
+                                T pj = js[c] * ij, pq = pj - gs[c] * ig;
+                                ae[c] += pq;
+                                aa[c] += (T)0.5 * pj + nt[c] * (pq * ei[c] + pj * rc[c]);
+                                dei[c] += pq * nt[c];
+                                dmu[c] += pj * nt[c];
+                            }
+                        }
+                        T sdy = 0;
+#pragma omp simd reduction(+ : sdy)
+                        for (int c = 0; c < K; c++) { dmu[c] *= -2 * dc[c]; sdy -= dmu[c]; }
+                        if (dy) dy[r0 + i] = sdy;
+                    }
+                }
+                if (!grad) {
+                    a[0] += loss;
+                    continue;
+                }
+                /* dW = DE^T @ F2 (K x F); DFM[:, :F] = 2 FM[:, :F] * (DE @ w2); dB = hb^T @ DFM */
+                gemm("N", "T", &F, &K, &B, &one, F2, &F, DE, &K, &zero, dW, &F);
+                gemm("N", "N", &F, &B, &K, &one, w2, &F, DE, &K, &zero, DFM, &N);
+                for (int i = 0; i < B; i++) {
+                    const T *__restrict__ fi = FM + (size_t)i * N;
+                    T *__restrict__ di = DFM + (size_t)i * N;
+#pragma omp simd
+                    for (int n = 0; n < F; n++) di[n] *= 2 * fi[n];
+                }
+                gemm("N", "T", &N, &D, &B, &one, DFM, &N, hb, &D, &zero, dB, &N);
+                /* dh = DFM @ both^T (B x D) */
+                if (dh) gemm("T", "N", &D, &B, &N, &one, both, &N, DFM, &N, &zero, dh + r0 * D, &D);
+                double *__restrict__ ae = a + 1, *__restrict__ aa = ae + KS, *__restrict__ aw = aa + KS;
+                double *__restrict__ ab = aw + (int64_t)K * F;
+                a[0] += loss;
+                for (int q = 0; q < KS; q++) { ae[q] += AE[q]; aa[q] += AA[q]; }
+                for (int64_t q = 0; q < (int64_t)K * F; q++) aw[q] += dW[q];
+                for (int64_t q = 0; q < (int64_t)D * N; q++) ab[q] += dB[q];
             }
-            gemm("N", "T", &N, &D, &B, &one, DFM, &N, hb, &D, &zero, dB, &N);
-            /* dh = DFM @ both^T (B x D) */
-            if (dh) gemm("T", "N", &D, &B, &N, &one, both, &N, DFM, &N, &zero, dh + r0 * D, &D);
-            double *__restrict__ ae = a + 1, *__restrict__ aa = ae + KS, *__restrict__ aw = aa + KS;
-            double *__restrict__ ab = aw + (int64_t)K * F;
-            a[0] += loss;
-            for (int q = 0; q < KS; q++) { ae[q] += AE[q]; aa[q] += AA[q]; }
-            for (int64_t q = 0; q < (int64_t)K * F; q++) aw[q] += dW[q];
-            for (int64_t q = 0; q < (int64_t)D * N; q++) ab[q] += dB[q];
         }
         mcgsm_ftz_off_(csr);
         if (set_threads) set_threads(prev);
@@ -289,6 +309,8 @@ DEFINE_MCGSM(mcgsm_fwd_f32, mcgsm_bwd_f32, float, exp_f, logf)
 DEFINE_MCGSM(mcgsm_fwd_f64, mcgsm_bwd_f64, double, exp_d, log)
 /* Scratch elements per thread that mcgsm_train_f32/_f64 need. */
 int64_t mcgsm_nll_grad_work(int block, int D, int K, int S, int F) { return mcgsm_nll_grad_work_(block, D, K, S, F); }
+/* Rows of the accumulator (acc) that mcgsm_train_f32/_f64 need for M pixels. */
+int64_t mcgsm_nll_grad_groups(int64_t M, int block) { return mcgsm_nll_grad_groups_(M, block); }
 /* The pass above (fused_mcgsm.py: mcgsm_nll_grad for L-BFGS, BlockedMCGSM for training): per-row log p
  * into lp (when not NULL); with grad, the gradients of sum_m gw_m log p_m (gw NULL: 1) into acc, and into
  * dh (M x D) and dy (M) when not NULL. */
