@@ -3,11 +3,12 @@
 # call; the SLSTM kernel variants left out, alternating training steps; then the MCGSM L-BFGS
 # benchmark and the SLSTM CPU target at this commit, five times each.
 # Usage: bash results/benchmarks/cpu-mcgsm-runs-2026-11-27/run.sh   (from the repository root)
-# A second window: ROUNDS="6 7 8 9 10" BENCH_ONLY=1 bash .../run.sh (the benchmarks only).
+# Later windows: ROUNDS="6 7 8 9 10" BENCH_ONLY=1 bash .../run.sh (the benchmarks only; uptime_*_6.txt).
 set -euo pipefail
 here=$(dirname "$0")
 rounds=${ROUNDS:-1 2 3 4 5}
-tag=${BENCH_ONLY:+_2}
+first=${rounds%% *}
+tag=${BENCH_ONLY:+_$first}
 uptime > "$here/uptime_start$tag.txt"
 if [ -z "${BENCH_ONLY:-}" ]; then
 for r in 1 2 3; do
