@@ -133,7 +133,7 @@ def _time(fn: Callable[[], Any], device: torch.device) -> float:
 def measure_config(layers: int, hidden: int, patch: int, batch: int, device: torch.device, impl: str,
                    reps: int, per_pixel_reps: int, gemm: Callable[[], float], extended: bool = False,
                    baselines: tuple[str, ...] = ("reference",)) -> dict[str, Any]:
-    from .kernels import blas_pointers, c_kernels
+    from .kernels import blas_pointers, c_kernels, num_groups, use_c_kernels
     from .slstm import resolve_impl
 
     model, images = _make_model(layers, hidden, patch, batch, device, extended)
@@ -175,6 +175,9 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
     }
     record["c_kernels"] = c_kernels() is not None
     record["blas_in_kernels"] = bool(blas_pointers())
+    # Image groups of the training step's sweeps (one per thread where they apply, ride/kernels/fused_slstm.py).
+    record["image_groups"] = (num_groups(batch, device, use_c_kernels(images), training=True)
+                              if record["impl"] == "fused" else 1)
     if "reference" in med:
         record["per_pixel_px_per_s"] = px / med["reference"]
         record["per_pixel_step_s"] = med["reference"]

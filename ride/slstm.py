@@ -147,6 +147,11 @@ def resolve_impl(impl: str, x: torch.Tensor) -> str:
     return "wavefront"
 
 
+def _needs_grad(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` applied to ``x`` builds an autograd graph."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+
+
 class SpatialLSTM(nn.Module):
     """One spatial LSTM layer mapping ``N x H x W x input_size`` to ``N x H x W x hidden_size``."""
 
@@ -199,7 +204,8 @@ class SpatialLSTM(nn.Module):
         if x.numel() == 0:
             return x.new_zeros(*x.shape[:-1], self.hidden_size)
         plan = _plan(x.shape[1], x.shape[2], x.device)
-        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
+        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"),
+                            _needs_grad(self, x), x.dtype)
         xd = to_diagonal(x, plan, groups)
         return from_diagonal(self.forward_diagonal(xd, plan, impl), plan, x.shape[0])
 
@@ -207,8 +213,7 @@ class SpatialLSTM(nn.Module):
         """The fused layer on diagonal-major inputs ``G x P x M x input_size`` (:func:`to_diagonal`)."""
         mode = sweep_mode(xd, impl)
         xd = xd.contiguous()
-        needs_grad = torch.is_grad_enabled() and (xd.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if mode == "c" and not needs_grad:
+        if mode == "c" and not _needs_grad(self, xd):
             return fused_inference(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended)
         return FusedSLSTM.apply(xd, self.weight_in, self.weight_rec, self.bias, plan, self.extended, mode)
 
@@ -306,7 +311,8 @@ class SLSTMStack(nn.Module):
             return None
         # One layout change for the whole stack: every layer works on diagonal-major tensors.
         plan = _plan(x.shape[1], x.shape[2], x.device)
-        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"))
+        groups = num_groups(x.shape[0], x.device, use_c_kernels(x, force_torch=impl != "fused"),
+                            _needs_grad(self, x), x.dtype)
         xd = to_diagonal(x, plan, groups)
         for layer in self.layers:
             xd = layer.forward_diagonal(xd, plan, impl)

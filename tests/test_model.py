@@ -190,6 +190,39 @@ def test_fast_impls_equal_reference(impl):
         model.log_prob(images)
 
 
+@pytest.mark.parametrize("num_layers, extended", [(1, False), (2, True)])
+def test_training_in_image_groups(monkeypatch, num_layers, extended):
+    """On 2 threads a training step sweeps one image group per thread (the default where torch's
+    BLAS is in the C kernels): loss and every parameter gradient as with one group and as the
+    per-pixel reference."""
+    from ride.kernels import build, fused_slstm
+
+    if build.c_kernels() is None or build.gemm_args(torch.float64)[0] is None:
+        pytest.skip("image groups under autograd need the C kernels and torch's BLAS pointers")
+    model = _model(num_layers, extended, seed=43)
+    images = _smooth_images(16, 7, 8, seed=10)
+    monkeypatch.delenv("RIDE_SLSTM_GROUPS", raising=False)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        torch.set_num_threads(2)
+        assert fused_slstm.num_groups(16, images.device, True, training=True) == 2
+        for name, impl, groups in [("default", "fused", None), ("one", "fused", 1), ("reference", "reference", None)]:
+            monkeypatch.setattr(fused_slstm, "GROUPS", groups)
+            model.impl = impl
+            model.zero_grad()
+            loss = model.loss(images)
+            loss.backward()
+            results[name] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    loss, grads = results["default"]
+    for other in ("one", "reference"):
+        assert torch.allclose(loss, results[other][0], atol=1e-12, rtol=0)
+        for a, b in zip(grads, results[other][1]):
+            assert torch.allclose(a, b, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("num_layers, extended, cell", [(1, False, (2, 1)), (2, True, (1, 2)), (0, False, (3, 3))])
 def test_conditional_is_normalised(num_layers, extended, cell):
     """Integrating exp(log p(x_ij | past)) over the value of x_ij gives 1 (fitted whitening)."""

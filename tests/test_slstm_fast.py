@@ -105,9 +105,9 @@ def test_backward_without_input_gradient_reuses_one_dz_buffer(monkeypatch, exten
         pytest.skip("needs the C kernels and torch's BLAS pointers")
     monkeypatch.setattr(fused_slstm, "_CHUNK_ROWS", 16)
     fixed = []
-    sweep = fused_slstm._BACKWARD["c"]
-    monkeypatch.setitem(fused_slstm._BACKWARD, "c", lambda *a, **k: fixed.append(not k.get("keep_dz", True))
-                        or sweep(*a, **k))
+    sweep = fused_slstm._fused_backward_c_sweep
+    monkeypatch.setattr(fused_slstm, "_fused_backward_c_sweep",
+                        lambda *a, **k: fixed.append(not k.get("keep_dz", True)) or sweep(*a, **k))
     stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=21)
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
     w = torch.randn(2, 5, 4, 4, dtype=torch.float64)
@@ -178,14 +178,19 @@ def test_chunked_backward(monkeypatch, impl, extended):
         assert torch.allclose(a, b, atol=1e-10)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 5])
 @pytest.mark.parametrize("groups", [2, 3])
 @pytest.mark.parametrize("extended", [False, True])
-def test_image_groups(monkeypatch, groups, extended):
-    """The opt-in image groups (concurrent sweeps over parts of the batch, zero-padded to equal
-    parts) give the same outputs and gradients, with and without autograd."""
+def test_image_groups(monkeypatch, groups, extended, chunk_rows):
+    """Image groups (sweeps over parts of the batch, zero-padded to equal parts: in one C call per
+    chunk of diagonals under autograd, concurrently in a thread pool without) give the same outputs
+    and gradients, with and without autograd, in one chunk of diagonals or several."""
     if kernels.c_kernels() is None:
         pytest.skip("image groups need the C kernels")
     monkeypatch.setattr(fused_slstm, "GROUPS", groups)
+    if chunk_rows is not None:
+        monkeypatch.setattr(fused_slstm, "_CHUNK_ROWS", chunk_rows)
+        assert len(fused_slstm._chunks(slstm._plan(4, 3, torch.device("cpu")), 2)) > 2
     stack = _randomise(SLSTMStack(3, 4, 2, extended).double(), seed=16)
     x = torch.randn(5, 4, 3, 3, dtype=torch.float64)
     weights = torch.randn(5, 4, 3, 4, dtype=torch.float64)
@@ -197,6 +202,33 @@ def test_image_groups(monkeypatch, groups, extended):
         assert torch.allclose(a, b, atol=1e-10)
     with torch.no_grad():
         assert torch.allclose(stack(x, impl="fused"), ref_out, atol=1e-12)
+
+
+def test_default_image_groups(monkeypatch):
+    """By default training sweeps one group per thread where torch's BLAS is in the kernels and the
+    batch splits evenly into groups of at least MIN_GROUP_IMAGES; inference and uneven or small
+    batches keep one group (no padding images to compute)."""
+    from ride.kernels import build
+
+    monkeypatch.setattr(fused_slstm, "GROUPS", None)
+    monkeypatch.delenv("RIDE_SLSTM_GROUPS", raising=False)
+    cpu = torch.device("cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        blas = build.gemm_args(torch.float32)[0] is not None
+        assert fused_slstm.num_groups(50, cpu, True, training=True) == (2 if blas else 1)
+        assert fused_slstm.num_groups(50, cpu, True, training=False) == 1
+        assert fused_slstm.num_groups(51, cpu, True, training=True) == 1
+        assert fused_slstm.num_groups(14, cpu, True, training=True) == 1  # 7 < MIN_GROUP_IMAGES per group
+        assert fused_slstm.num_groups(50, cpu, False, training=True) == 1  # no C kernels
+        torch.set_num_threads(1)
+        assert fused_slstm.num_groups(50, cpu, True, training=True) == 1
+        monkeypatch.setenv("RIDE_SLSTM_GROUPS", "1")
+        torch.set_num_threads(2)
+        assert fused_slstm.num_groups(50, cpu, True, training=True) == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("impl", FAST)

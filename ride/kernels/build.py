@@ -136,8 +136,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     signatures = {
         "slstm_fwd": [i, i, i, i, p, p, p, p, i, i, i, p, p, i, i, i, i, i],
         "slstm_bwd": [i, i, i, i, p, p, p, p, p, p, i, i, p, i, i, i, i, i, i, i, i, p, p, p, i],
-        "slstm_fwd_sweep": [i, p, i, i, i, p, p, p, p, i, i, p, p, p, p, i, p, p],
-        "slstm_bwd_sweep": [i, p, i, i, i, i, i, i, p, p, p, p, p, p, p, i, p, p, p, i, p, p, p, p, i, p, i],
+        "slstm_fwd_sweep": [i, i, p, i, i, i, p, p, p, p, i, i, p, p, i64, p, p, i, p, p],
+        "slstm_bwd_sweep": [i, i, p, i, i, i, i, i, i, p, p, i64, p, p, p, p, p, i64, i, p, p, i64, p, i, p, p, p, p,
+                            i, p, i],
         "mcgsm_fwd": [i64, i, i, p, p, p, p, p, p, p, p, i],
         "mcgsm_bwd": [i64, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i],
         "mcgsm_train": [i64, i, i, i, i, p, p, p, p, p, p, p, p, p, i, i, p, p, p, p, i, p, p],

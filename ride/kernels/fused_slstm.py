@@ -9,7 +9,8 @@ fused pointwise kernel + one GEMM ``dz A_rec`` per diagonal); the weight gradien
 ``y^T dz`` per chunk of ~4k rows (plus the input gradient ``dz A_in``). On the CPU the pointwise
 kernels are native (``slstm.cpp``, :mod:`ride.kernels.build`); where torch exports BLAS, one C
 call runs a whole sweep (a chunk of diagonals in the backward), the per-diagonal GEMMs and the
-weight gradient's included (per thread, on the rows it just wrote); elsewhere (CUDA, no
+weight gradient's included (per thread, on the rows it just wrote), and on several threads the
+batch's image groups each on a thread of their own (``num_groups``); elsewhere (CUDA, no
 compiler) the same sweeps run with torch ops. Without autograd a
 lighter forward (:func:`fused_inference`) keeps only rolling buffers.
 
@@ -29,23 +30,36 @@ import torch
 from . import triton_slstm
 from .build import c_kernels, gemm_args, use_c_kernels
 
-# Image groups (opt-in): the batch is split into G groups whose sweeps run concurrently in a
-# small thread pool, each single-threaded (torch ops and the C kernels release the GIL), instead
-# of every GEMM and kernel forking OpenMP threads. One group by default (no faster on 2 cores,
-# README.performance.md); GROUPS (or RIDE_SLSTM_GROUPS) forces G, e.g. for machines with many cores.
+# Image groups: the batch is split into G groups of equal size (zero images pad the last one),
+# laid out one after another. Training with BLAS in the C kernels sweeps them in one call, each
+# thread a whole group without a barrier per diagonal; by default G = the number of threads where
+# the batch splits evenly into groups of at least MIN_GROUP_IMAGES (on 2 cores a training step of
+# 50 images of 22x22 took 2-3 % less than with the threads splitting every diagonal,
+# README.performance.md). Elsewhere (inference, no BLAS pointers, torch sweeps) groups run
+# concurrently in a small thread pool, each single-threaded, and G = 1 unless forced. GROUPS (or
+# RIDE_SLSTM_GROUPS) forces G.
 
 GROUPS: int | None = None
+MIN_GROUP_IMAGES = 8
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 
 
-def num_groups(n_img: int, device: torch.device, use_c: bool) -> int:
-    """Image groups for a batch of ``n_img`` (1 off the CPU or without the C kernels)."""
+def num_groups(n_img: int, device: torch.device, use_c: bool, training: bool = False,
+               dtype: torch.dtype = torch.float32) -> int:
+    """Image groups for a batch of ``n_img`` (1 off the CPU or without the C kernels); ``training``:
+    the sweeps run under autograd (FusedSLSTM), where the C kernels sweep the groups in one call."""
     if not use_c or device.type != "cpu":
         return 1
-    forced = GROUPS if GROUPS is not None else int(os.environ.get("RIDE_SLSTM_GROUPS", "1") or 1)
-    return max(1, min(forced, n_img))
+    forced = GROUPS if GROUPS is not None else int(os.environ.get("RIDE_SLSTM_GROUPS", "0") or 0)
+    if forced:
+        return max(1, min(forced, n_img))
+    threads = torch.get_num_threads()
+    if (training and threads > 1 and gemm_args(dtype)[0] is not None and n_img % threads == 0
+            and n_img // threads >= MIN_GROUP_IMAGES):
+        return threads
+    return 1
 
 
 def _worker_init() -> None:
@@ -93,12 +107,15 @@ class FusedSLSTM(torch.autograd.Function):
         gates = xd.new_empty(groups, num_pix, per, 5 * h)
         cells = xd.new_empty(groups, num_pix, per, h)
         hidden = xd.new_empty(groups, num_pix, per, h)
-        sweep = _FORWARD[mode]
+        if mode == "c" and gemm_args(xd.dtype)[0] is not None:
+            _fused_forward_c_sweep(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended)
+        else:
+            sweep = _FORWARD[mode]
 
-        def run(g: int) -> None:
-            sweep(plan, inputs[g], size_in, weight, bias, gates[g], cells[g], hidden[g], h, extended)
+            def run(g: int) -> None:
+                sweep(plan, inputs[g], size_in, weight, bias, gates[g], cells[g], hidden[g], h, extended)
 
-        run_groups(run, groups)
+            run_groups(run, groups)
         ctx.save_for_backward(weight_in, weight_rec, inputs, gates, cells, hidden)
         ctx.plan, ctx.extended, ctx.mode = plan, extended, mode
         return hidden
@@ -113,46 +130,52 @@ class FusedSLSTM(torch.autograd.Function):
         grad_hidden = grad_hidden.contiguous()
         needs = ctx.needs_input_grad
         grad_x = inputs.new_empty(groups, num_pix, per, size_in) if needs[0] else None
-        # Transposed (inputs x gates): y^T dz is the faster GEMM layout for MKL here (both operands
-        # row-major, long inner dimension), ~20 % over dz^T y.
-        grad_w = [inputs.new_zeros(inputs.shape[3], 5 * h) for _ in range(groups)] if needs[1] or needs[2] else None
-        grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if needs[3] else None
-        sweep = _BACKWARD[ctx.mode]
+        want_w, want_b = needs[1] or needs[2], needs[3]
 
-        # The C sweep forms the weight gradient inside its kernels, per thread, where BLAS is there.
-        in_kernel = grad_w is not None and ctx.mode == "c" and gemm_args(inputs.dtype)[0] is not None
+        def flush(g: int, p0: int, p1: int, dz: torch.Tensor, grad_w: torch.Tensor | None) -> None:
+            """Gradients of group g's pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
+            rows = (p1 - p0) * per
+            if grad_w is not None:
+                grad_w.addmm_(inputs[g, p0:p1].view(rows, -1).t(), dz)
+            if grad_x is not None:
+                torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
 
-        def run(g: int) -> None:
-            def flush(p0: int, p1: int, dz: torch.Tensor) -> None:
-                """Gradients of pixels p0..p1 from their dL/d(pre-activations): large GEMMs."""
-                rows = (p1 - p0) * per
-                if grad_w is not None and not in_kernel:
-                    grad_w[g].addmm_(inputs[g, p0:p1].view(rows, -1).t(), dz)
-                if grad_x is not None:
-                    torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
-
+        if ctx.mode == "c" and gemm_args(inputs.dtype)[0] is not None:
+            # One C call per chunk of diagonals for all groups; the weight gradient is formed inside
+            # the kernels (transposed, inputs x gates: one block per thread, or per group).
+            acc = None
+            if want_w:
+                acc = inputs.new_zeros(groups if groups > 1 else torch.get_num_threads(), inputs.shape[3], 5 * h)
+            dbias = _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended,
+                                            lambda g, p0, p1, dz: flush(g, p0, p1, dz, None),
+                                            None if acc is None else (inputs, acc), keep_dz=grad_x is not None)
+            total_w = acc.sum(0) if acc is not None else None
+            total_b = dbias if want_b else None
+        else:
             # dL/d(pre-activations) lives in a buffer of about _CHUNK_ROWS rows (the saved gates
             # stay intact, so a graph kept with retain_graph=True can be differentiated again);
             # every finished chunk of diagonals is flushed into the weight and input gradients.
-            extra = {}
-            if in_kernel:
-                acc = inputs.new_zeros(torch.get_num_threads(), inputs.shape[3], 5 * h)
-                extra["wgrad"] = (inputs[g], acc)
-                extra["keep_dz"] = grad_x is not None  # else flush has nothing to do
-            dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended, flush, **extra)
-            if in_kernel:
-                grad_w[g].add_(acc.sum(0))
-            if grad_b is not None:
-                grad_b[g].copy_(dbias)
+            # Transposed (inputs x gates): y^T dz is the faster GEMM layout for MKL here (both
+            # operands row-major, long inner dimension), ~20 % over dz^T y.
+            grad_w = [inputs.new_zeros(inputs.shape[3], 5 * h) for _ in range(groups)] if want_w else None
+            grad_b = [inputs.new_empty(5 * h) for _ in range(groups)] if want_b else None
+            sweep = _BACKWARD[ctx.mode]
 
-        run_groups(run, groups)
+            def run(g: int) -> None:
+                gw = grad_w[g] if grad_w is not None else None
+                dbias = sweep(plan, gates[g], cells[g], hidden[g], grad_hidden[g], weight_rec, h, extended,
+                              lambda p0, p1, dz: flush(g, p0, p1, dz, gw))
+                if grad_b is not None:
+                    grad_b[g].copy_(dbias)
+
+            run_groups(run, groups)
+            total_w = (torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]) if grad_w is not None else None
+            total_b = (torch.stack(grad_b).sum(0) if groups > 1 else grad_b[0]) if grad_b is not None else None
         grad_w_in = grad_w_rec = None
-        if grad_w is not None:
-            total = (torch.stack(grad_w).sum(0) if groups > 1 else grad_w[0]).t()
-            grad_w_in, grad_w_rec = total[:, :size_in], total[:, size_in:]
-        if grad_b is not None:
-            grad_b = torch.stack(grad_b).sum(0) if groups > 1 else grad_b[0]
-        return grad_x, grad_w_in, grad_w_rec, grad_b, None, None, None
+        if total_w is not None:
+            total_w = total_w.t()
+            grad_w_in, grad_w_rec = total_w[:, :size_in], total_w[:, size_in:]
+        return grad_x, grad_w_in, grad_w_rec, total_b, None, None, None
 
 
 # Below these many elements (rows x hidden units) per diagonal a kernel runs on one thread: an
@@ -189,9 +212,28 @@ def _spans(plan) -> torch.Tensor:
     return spans
 
 
-def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
+def _fused_forward_c_sweep(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
+    """Every diagonal of every image group (``G x P x M x ...`` tensors) in one C call, BLAS GEMMs
+    inside: with one group the threads split each diagonal's rows and meet at a barrier per
+    diagonal; with several each thread sweeps whole groups on its own (``num_groups``)."""
     lib = c_kernels()
     gemm, set_threads = gemm_args(gates.dtype)
+    groups, _, n_img, k_all = inputs.shape
+    inputs[:, 0, :, size_in:].zero_()  # the first pixel has no neighbours; the kernel fills the rest
+    # Rolling [c_left, c_up] by row (ping-pong: the kernel reads one and writes the other); entries
+    # never written stay zero: the border of the grid. Extended layers read them from the inputs.
+    cbuf = None if extended else gates.new_zeros(2, groups, plan.height + 1, n_img, 2 * h)
+    sweep = lib.slstm_fwd_sweep_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_sweep_f64
+    cb0, cb1, cstride = (None, None, 0) if extended else (_ptr(cbuf[0]), _ptr(cbuf[1]), cbuf[0, 0].numel())
+    sweep(groups, len(plan.spans), _ptr(_spans(plan)), n_img, h, int(extended), _ptr(gates), _ptr(cells),
+          _ptr(hidden), _ptr(inputs), size_in, k_all, cb0, cb1, cstride, _ptr(weight), _ptr(bias.contiguous()),
+          torch.get_num_threads(), gemm, set_threads)
+
+
+def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended):
+    """The sweep of one image group with a torch GEMM and a C kernel call per diagonal (no BLAS
+    pointers in torch's library)."""
+    lib = c_kernels()
     weight_t = weight.t()
     bias = bias.contiguous()
     n_img, k_all = inputs.shape[1], inputs.shape[2]
@@ -203,15 +245,6 @@ def _fused_forward_c(plan, inputs, size_in, weight, bias, gates, cells, hidden, 
         # entries never written stay zero: the border of the grid.
         cbuf = [gates.new_zeros(plan.height + 1, n_img, 2 * h) for _ in range(2)]
     nthreads = torch.get_num_threads()
-    if gemm is not None:
-        # Every diagonal in one call: the threads wait for each other at a barrier per diagonal.
-        f32 = gates.dtype == torch.float32
-        sweep = lib.slstm_fwd_sweep_f32 if f32 else lib.slstm_fwd_sweep_f64
-        spans = _spans(plan)
-        cb0, cb1 = (None, None) if extended else (_ptr(cbuf[0]), _ptr(cbuf[1]))
-        sweep(len(plan.spans), _ptr(spans), n_img, h, int(extended), _ptr(gates), _ptr(cells), _ptr(hidden),
-              _ptr(inputs), size_in, k_all, cb0, cb1, _ptr(weight), _ptr(bias), nthreads, gemm, set_threads)
-        return
     # Without BLAS pointers: one torch GEMM and one kernel call per diagonal.
     fn = lib.slstm_fwd_f32 if gates.dtype == torch.float32 else lib.slstm_fwd_f64
     isz = gates.element_size()
@@ -298,28 +331,64 @@ def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
     return hidden
 
 
-def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None,
-                      keep_dz=True):
-    """The reverse sweep with the C kernels. ``wgrad = (inputs, acc)``, where the kernels call
-    BLAS: every thread adds ``inputs^T dz`` of its rows to ``acc[thread]`` (``threads x k_all x 5h``)
-    per diagonal, so ``flush`` need not form the weight gradient; with ``keep_dz`` False as well
-    (no input gradient), ``flush`` is not called and each diagonal's dL/dz reuses one buffer."""
+def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None,
+                            keep_dz=True) -> torch.Tensor:
+    """The reverse sweep of every image group (``G x P x M x ...`` tensors), one C call per chunk of
+    diagonals with BLAS inside, then ``flush(g, p0, p1, dz)`` per group. ``wgrad = (inputs, acc)``:
+    the kernels add ``inputs^T dz`` to ``acc`` (``k_all x 5h`` blocks: one per thread with one
+    group, one per group with several), so ``flush`` need not form the weight gradient; with
+    ``keep_dz`` False as well (no input gradient), ``flush`` is not called and each diagonal's
+    dL/dz reuses one buffer. Returns the bias gradient."""
+    lib = c_kernels()
+    gemm, set_threads = gemm_args(gates.dtype)
+    weight_rec = weight_rec.contiguous()
+    n_groups, _, n_img, _ = gates.shape
+    k_rec = weight_rec.shape[1]
+    # Without flushes, dL/dz is dead once its diagonal's GEMMs ran: one sweep over every diagonal,
+    # each writing the same (cache-resident) rows; the arithmetic is the same as by chunks.
+    fixed = wgrad is not None and not keep_dz
+    if fixed:
+        chunks = [(0, len(plan.spans) - 1, 0, None)]  # no flush, so no chunk end
+        dz_rows = max(hi - lo + 1 for _, lo, hi in plan.spans)
+    else:
+        chunks = _chunks(plan, n_img)
+        dz_rows = max(p1 - p0 for _, _, p0, p1 in chunks)
+    dzbuf = gates.new_empty(n_groups, dz_rows * n_img, 5 * h)
+    # dL/d(recurrent inputs) by row, ping-pong: diagonal d reads what d + 1 wrote (rows outside
+    # d + 1's are never read, so neither buffer needs clearing) and writes its own rows.
+    d_recs = gates.new_zeros(2, n_groups, plan.height + 1, n_img, k_rec)
+    dcbuf = gates.new_zeros(2, n_groups, plan.height + 1, n_img, 2 * h)
+    nthreads = torch.get_num_threads()
+    dbias = gates.new_zeros(n_groups if n_groups > 1 else nthreads, 5 * h)  # sums of dz per thread / group
+    if wgrad is not None:
+        y_all, acc = wgrad
+        k_all, gw, y_all = y_all.shape[3], _ptr(acc), _ptr(y_all)
+    else:
+        k_all, gw, y_all = 0, None, None
+    sweep = lib.slstm_bwd_sweep_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_sweep_f64
+    spans = _spans(plan)
+    for d_first, d_last, p0, p1 in chunks:
+        sweep(n_groups, len(plan.spans), _ptr(spans), d_first, d_last, p0, n_img, h, int(extended), _ptr(gates),
+              _ptr(dzbuf), dzbuf[0].numel(), _ptr(cells), _ptr(hidden), _ptr(grad_hidden), _ptr(d_recs[0]),
+              _ptr(d_recs[1]), d_recs[0, 0].numel(), k_rec, _ptr(dcbuf[0]), _ptr(dcbuf[1]), dcbuf[0, 0].numel(),
+              _ptr(dbias), nthreads, gemm, set_threads, _ptr(weight_rec), y_all, k_all, gw, int(fixed))
+        if not fixed:
+            for g in range(n_groups):
+                flush(g, p0, p1, dzbuf[g, : (p1 - p0) * n_img])
+    return dbias.sum(0)
+
+
+def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
+    """The reverse sweep of one image group with a C kernel call and a torch GEMM per diagonal
+    (no BLAS pointers in torch's library)."""
     lib = c_kernels()
     fn = lib.slstm_bwd_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_f64
-    gemm, set_threads = gemm_args(gates.dtype)
     weight_rec = weight_rec.contiguous()
     n_img = gates.shape[1]
     k_rec = weight_rec.shape[1]
     height = plan.height
-    # Without flushes, dL/dz is dead once its diagonal's GEMMs ran: one sweep over every diagonal,
-    # each writing the same (cache-resident) rows; the arithmetic is the same as by chunks.
-    fixed = wgrad is not None and gemm is not None and not keep_dz
-    if fixed:
-        groups = [(0, len(plan.spans) - 1, 0, None)]  # no flush, so no chunk end
-        dzbuf = gates.new_empty(max(hi - lo + 1 for _, lo, hi in plan.spans) * n_img, 5 * h)
-    else:
-        groups = _chunks(plan, n_img)
-        dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
+    groups = _chunks(plan, n_img)
+    dzbuf = gates.new_empty(max(p1 - p0 for _, _, p0, p1 in groups) * n_img, 5 * h)
     # dL/d(recurrent inputs) by row, ping-pong: diagonal d reads what d + 1 wrote (rows outside
     # d + 1's are never read, so neither buffer needs clearing) and writes its own rows.
     d_recs = [gates.new_zeros(height + 1, n_img, k_rec) for _ in range(2)]
@@ -329,25 +398,7 @@ def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, ex
     isz = gates.element_size()
     g_row, s_row = n_img * 5 * h * isz, n_img * h * isz
     z0, dz0, c0, h0, go0 = _ptr(gates), _ptr(dzbuf), _ptr(cells), _ptr(hidden), _ptr(grad_hidden)
-    w0 = _ptr(weight_rec)
     ecl, ecu = (2 * h, 3 * h) if extended else (0, 0)
-    if wgrad is not None and gemm is not None:
-        y_all, acc = wgrad
-        k_all, gw, y_all = y_all.shape[2], _ptr(acc), _ptr(y_all)
-    else:
-        k_all, gw, y_all = 0, None, None
-    if gemm is not None:
-        # Each chunk of diagonals in one call (a barrier per diagonal), then its flush.
-        f32 = gates.dtype == torch.float32
-        sweep = lib.slstm_bwd_sweep_f32 if f32 else lib.slstm_bwd_sweep_f64
-        spans = _spans(plan)
-        for d_first, d_last, p0, p1 in groups:
-            sweep(len(plan.spans), _ptr(spans), d_first, d_last, p0, n_img, h, int(extended), z0, dz0, c0, h0, go0,
-                  _ptr(d_recs[0]), _ptr(d_recs[1]), k_rec, _ptr(dcbuf[0]), _ptr(dcbuf[1]), _ptr(dbias), nthreads,
-                  gemm, set_threads, w0, y_all, k_all, gw, int(fixed))
-            if not fixed:
-                flush(p0, p1, dzbuf[: (p1 - p0) * n_img])
-        return dbias.sum(0)
     # Without BLAS pointers: one kernel call and one torch GEMM per diagonal.
     nlo, nhi = 1, 0  # rows of the next diagonal (none yet)
     steps = plan.steps

@@ -288,6 +288,55 @@ static void bwd_sweep(int D, const int *spans, int d_first, int d_last, int p0, 
     }
 }
 
+/* Pixels of a plan of D diagonals: the last diagonal's offset plus its length. */
+static inline int64_t plan_pixels(int D, const int *spans) {
+    return (int64_t)spans[3 * (D - 1)] + spans[3 * (D - 1) + 2] - spans[3 * (D - 1) + 1] + 1;
+}
+
+/*
+ * Image groups: G groups of N images each, laid out one after another (G x P x N x ...), one
+ * group's whole sweep per thread and no barrier between diagonals; the buffers of fwd_sweep and
+ * bwd_sweep carry one block per group, `cstride` (fwd: cb0, cb1), `dzs`, `drs`, `dcs` (bwd: dzbuf,
+ * dr0/dr1, dc0/dc1) elements apart; dbias and gw one row / block per group. G == 1 is the plain
+ * sweep on `nthreads` threads. The sweeps inside run as nested teams of one thread.
+ */
+template <typename T>
+static void fwd_sweep_groups(int G, int D, const int *spans, int N, int h, int ext, T *gates, T *cells, T *hidden,
+                             T *inputs, int size_in, int kall, T *cb0, T *cb1, int64_t cstride, const T *w,
+                             const T *bias, int nthreads, typename Ops<T>::gemm_t gemm, set_threads_t set_threads) {
+    if (G == 1) {
+        fwd_sweep<T>(D, spans, N, h, ext, gates, cells, hidden, inputs, size_in, kall, cb0, cb1, w, bias, nthreads,
+                     gemm, set_threads);
+        return;
+    }
+    const int64_t ps = plan_pixels(D, spans) * N;
+#pragma omp parallel for num_threads(nthreads < G ? nthreads : G) schedule(dynamic, 1)
+    for (int g = 0; g < G; g++)
+        fwd_sweep<T>(D, spans, N, h, ext, gates + g * ps * 5 * h, cells + g * ps * h, hidden + g * ps * h,
+                     inputs + g * ps * kall, size_in, kall, cb0 ? cb0 + g * cstride : cb0,
+                     cb1 ? cb1 + g * cstride : cb1, w, bias, 1, gemm, set_threads);
+}
+
+template <typename T>
+static void bwd_sweep_groups(int G, int D, const int *spans, int d_first, int d_last, int p0, int N, int h, int ext,
+                             const T *gates, T *dzbuf, int64_t dzs, const T *cells, const T *hidden, const T *gout,
+                             T *dr0, T *dr1, int64_t drs, int kb, T *dc0, T *dc1, int64_t dcs, T *dbias,
+                             int nthreads, typename Ops<T>::gemm_t gemm, set_threads_t set_threads, const T *wrec,
+                             const T *inputs, int kall, T *gw, int dz_fixed) {
+    if (G == 1) {
+        bwd_sweep<T>(D, spans, d_first, d_last, p0, N, h, ext, gates, dzbuf, cells, hidden, gout, dr0, dr1, kb, dc0,
+                     dc1, dbias, nthreads, gemm, set_threads, wrec, inputs, kall, gw, dz_fixed);
+        return;
+    }
+    const int64_t ps = plan_pixels(D, spans) * N, h5 = 5 * (int64_t)h;
+#pragma omp parallel for num_threads(nthreads < G ? nthreads : G) schedule(dynamic, 1)
+    for (int g = 0; g < G; g++)
+        bwd_sweep<T>(D, spans, d_first, d_last, p0, N, h, ext, gates + g * ps * h5, dzbuf + g * dzs,
+                     cells + g * ps * h, hidden + g * ps * h, gout + g * ps * h, dr0 + g * drs, dr1 + g * drs, kb,
+                     dc0 + g * dcs, dc1 + g * dcs, dbias + g * h5, 1, gemm, set_threads, wrec,
+                     inputs ? inputs + g * ps * kall : inputs, kall, gw ? gw + g * kall * h5 : gw, dz_fixed);
+}
+
 #define EXPORT(T, SUF)                                                                               \
 void slstm_fwd_##SUF(int L, int N, int h, int lo, T *z, T *c, T *hh, const T *cin, int kc, int cl, int cu, \
                      T *cout, T *nxt, int kb, int nlo, int nhi, int ext, int nthreads) {               \
@@ -299,19 +348,21 @@ void slstm_bwd_##SUF(int L, int N, int h, int lo, const T *z, T *dz, const T *c,
     bwd_diagonal<T>(L, N, h, lo, z, dz, c, hh, gout, cprev, plo, phi, db, kb, hl, hu, ext, ecl, ecu, nlo, nhi, \
                     dcin, dcout, dbias, nthreads);                                                     \
 }                                                                                                      \
-void slstm_fwd_sweep_##SUF(int D, const int *spans, int N, int h, int ext, T *gates, T *cells, T *hidden, \
-                           T *inputs, int size_in, int kall, T *cb0, T *cb1, const T *w, const T *bias, \
-                           int nthreads, Ops<T>::gemm_t gemm, set_threads_t set_threads) {             \
-    fwd_sweep<T>(D, spans, N, h, ext, gates, cells, hidden, inputs, size_in, kall, cb0, cb1, w, bias,  \
-                 nthreads, gemm, set_threads);                                                         \
+void slstm_fwd_sweep_##SUF(int G, int D, const int *spans, int N, int h, int ext, T *gates, T *cells,     \
+                           T *hidden, T *inputs, int size_in, int kall, T *cb0, T *cb1, int64_t cstride,   \
+                           const T *w, const T *bias, int nthreads, Ops<T>::gemm_t gemm,                 \
+                           set_threads_t set_threads) {                                                \
+    fwd_sweep_groups<T>(G, D, spans, N, h, ext, gates, cells, hidden, inputs, size_in, kall, cb0, cb1,   \
+                        cstride, w, bias, nthreads, gemm, set_threads);                                \
 }                                                                                                      \
-void slstm_bwd_sweep_##SUF(int D, const int *spans, int d_first, int d_last, int p0, int N, int h, int ext, \
-                           const T *gates, T *dzbuf, const T *cells, const T *hidden, const T *gout, T *dr0, \
-                           T *dr1, int kb, T *dc0, T *dc1, T *dbias, int nthreads, Ops<T>::gemm_t gemm, \
-                           set_threads_t set_threads, const T *wrec, const T *inputs, int kall, T *gw,    \
-                           int dz_fixed) {                                                             \
-    bwd_sweep<T>(D, spans, d_first, d_last, p0, N, h, ext, gates, dzbuf, cells, hidden, gout, dr0, dr1, kb, \
-                 dc0, dc1, dbias, nthreads, gemm, set_threads, wrec, inputs, kall, gw, dz_fixed);     \
+void slstm_bwd_sweep_##SUF(int G, int D, const int *spans, int d_first, int d_last, int p0, int N, int h, \
+                           int ext, const T *gates, T *dzbuf, int64_t dzs, const T *cells, const T *hidden, \
+                           const T *gout, T *dr0, T *dr1, int64_t drs, int kb, T *dc0, T *dc1, int64_t dcs, \
+                           T *dbias, int nthreads, Ops<T>::gemm_t gemm, set_threads_t set_threads,       \
+                           const T *wrec, const T *inputs, int kall, T *gw, int dz_fixed) {              \
+    bwd_sweep_groups<T>(G, D, spans, d_first, d_last, p0, N, h, ext, gates, dzbuf, dzs, cells, hidden, gout, \
+                        dr0, dr1, drs, kb, dc0, dc1, dcs, dbias, nthreads, gemm, set_threads, wrec, inputs, \
+                        kall, gw, dz_fixed);                                                           \
 }
 
 extern "C" {
