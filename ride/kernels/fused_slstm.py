@@ -56,10 +56,15 @@ def num_groups(n_img: int, device: torch.device, use_c: bool, training: bool = F
     if forced:
         return max(1, min(forced, n_img))
     threads = torch.get_num_threads()
-    if (training and threads > 1 and gemm_args(dtype)[0] is not None and n_img % threads == 0
+    if (training and threads > 1 and _c_sweeps("c", dtype) and n_img % threads == 0
             and n_img // threads >= MIN_GROUP_IMAGES):
         return threads
     return 1
+
+
+def _c_sweeps(mode: str, dtype: torch.dtype) -> bool:
+    """Whether the sweeps run as C calls with torch's BLAS inside (all image groups in one call)."""
+    return mode == "c" and gemm_args(dtype)[0] is not None
 
 
 def _worker_init() -> None:
@@ -107,7 +112,7 @@ class FusedSLSTM(torch.autograd.Function):
         gates = xd.new_empty(groups, num_pix, per, 5 * h)
         cells = xd.new_empty(groups, num_pix, per, h)
         hidden = xd.new_empty(groups, num_pix, per, h)
-        if mode == "c" and gemm_args(xd.dtype)[0] is not None:
+        if _c_sweeps(mode, xd.dtype):
             _fused_forward_c_sweep(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, extended)
         else:
             sweep = _FORWARD[mode]
@@ -140,16 +145,12 @@ class FusedSLSTM(torch.autograd.Function):
             if grad_x is not None:
                 torch.mm(dz, weight_in, out=grad_x[g, p0:p1].view(rows, size_in))
 
-        if ctx.mode == "c" and gemm_args(inputs.dtype)[0] is not None:
+        if _c_sweeps(ctx.mode, inputs.dtype):
             # One C call per chunk of diagonals for all groups; the weight gradient is formed inside
-            # the kernels (transposed, inputs x gates: one block per thread, or per group).
-            acc = None
-            if want_w:
-                acc = inputs.new_zeros(groups if groups > 1 else torch.get_num_threads(), inputs.shape[3], 5 * h)
-            dbias = _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended,
-                                            lambda g, p0, p1, dz: flush(g, p0, p1, dz, None),
-                                            None if acc is None else (inputs, acc), keep_dz=grad_x is not None)
-            total_w = acc.sum(0) if acc is not None else None
+            # the kernels (transposed: inputs x gates).
+            dbias, total_w = _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended,
+                                                     lambda g, p0, p1, dz: flush(g, p0, p1, dz, None),
+                                                     inputs if want_w else None, keep_dz=grad_x is not None)
             total_b = dbias if want_b else None
         else:
             # dL/d(pre-activations) lives in a buffer of about _CHUNK_ROWS rows (the saved gates
@@ -331,14 +332,14 @@ def _fused_inference_c(xd, weight_in, weight_rec, bias, plan, extended, hidden):
     return hidden
 
 
-def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, wgrad=None,
-                            keep_dz=True) -> torch.Tensor:
+def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush, inputs=None,
+                            keep_dz=True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The reverse sweep of every image group (``G x P x M x ...`` tensors), one C call per chunk of
-    diagonals with BLAS inside, then ``flush(g, p0, p1, dz)`` per group. ``wgrad = (inputs, acc)``:
-    the kernels add ``inputs^T dz`` to ``acc`` (``k_all x 5h`` blocks: one per thread with one
-    group, one per group with several), so ``flush`` need not form the weight gradient; with
+    diagonals with BLAS inside, then ``flush(g, p0, p1, dz)`` per group. With ``inputs`` (the GEMM
+    inputs) the kernels also form the weight gradient ``inputs^T dz`` (``k_all x 5h``, in blocks:
+    one per thread with one group, one per group with several), so ``flush`` need not; with
     ``keep_dz`` False as well (no input gradient), ``flush`` is not called and each diagonal's
-    dL/dz reuses one buffer. Returns the bias gradient."""
+    dL/dz reuses one buffer. Returns the bias gradient and the weight gradient (or None)."""
     lib = c_kernels()
     gemm, set_threads = gemm_args(gates.dtype)
     weight_rec = weight_rec.contiguous()
@@ -346,7 +347,7 @@ def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec,
     k_rec = weight_rec.shape[1]
     # Without flushes, dL/dz is dead once its diagonal's GEMMs ran: one sweep over every diagonal,
     # each writing the same (cache-resident) rows; the arithmetic is the same as by chunks.
-    fixed = wgrad is not None and not keep_dz
+    fixed = inputs is not None and not keep_dz
     if fixed:
         chunks = [(0, len(plan.spans) - 1, 0, None)]  # no flush, so no chunk end
         dz_rows = max(hi - lo + 1 for _, lo, hi in plan.spans)
@@ -359,12 +360,10 @@ def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec,
     d_recs = gates.new_zeros(2, n_groups, plan.height + 1, n_img, k_rec)
     dcbuf = gates.new_zeros(2, n_groups, plan.height + 1, n_img, 2 * h)
     nthreads = torch.get_num_threads()
-    dbias = gates.new_zeros(n_groups if n_groups > 1 else nthreads, 5 * h)  # sums of dz per thread / group
-    if wgrad is not None:
-        y_all, acc = wgrad
-        k_all, gw, y_all = y_all.shape[3], _ptr(acc), _ptr(y_all)
-    else:
-        k_all, gw, y_all = 0, None, None
+    blocks = n_groups if n_groups > 1 else nthreads  # the kernels' partial sums: per group, else per thread
+    dbias = gates.new_zeros(blocks, 5 * h)
+    acc = None if inputs is None else gates.new_zeros(blocks, inputs.shape[3], 5 * h)
+    k_all, gw, y_all = (0, None, None) if inputs is None else (inputs.shape[3], _ptr(acc), _ptr(inputs))
     sweep = lib.slstm_bwd_sweep_f32 if gates.dtype == torch.float32 else lib.slstm_bwd_sweep_f64
     spans = _spans(plan)
     for d_first, d_last, p0, p1 in chunks:
@@ -375,7 +374,7 @@ def _fused_backward_c_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec,
         if not fixed:
             for g in range(n_groups):
                 flush(g, p0, p1, dzbuf[g, : (p1 - p0) * n_img])
-    return dbias.sum(0)
+    return dbias.sum(0), None if acc is None else acc.sum(0)
 
 
 def _fused_backward_c(plan, gates, cells, hidden, grad_hidden, weight_rec, h, extended, flush):
