@@ -17,11 +17,11 @@ def _tanh(x):
 
 # Scalars that change from diagonal to diagonal are not specialised (Triton would compile a variant
 # for each value class, ==1 or divisible by 16, of each of them: dozens of compiles per patch size).
-@triton.jit(do_not_specialize=["total", "lo", "off", "has_next", "noff", "nlo", "nhi"])
+@triton.jit(do_not_specialize=["total", "lo", "off", "noff", "nlo", "nhi"])
 def fwd(z_ptr, c_ptr, h_ptr, crec_ptr, rec_ptr,
         total, N, H: tl.constexpr, lo, off,
         crec_sp, crec_sn, rec_sp, rec_sn, rec_col,
-        has_next, noff, nlo, nhi, BLOCK: tl.constexpr):
+        noff, nlo, nhi, BLOCK: tl.constexpr):
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = e < total
     j = e % H
@@ -45,21 +45,22 @@ def fwd(z_ptr, c_ptr, h_ptr, crec_ptr, rec_ptr,
     tl.store(c_ptr + qn * H + j, c, mask=m)
     tl.store(h_ptr + qn * H + j, t, mask=m)
     # Next diagonal: its row r reads h_left / c_left from this row r, h_up / c_up from row r - 1.
+    # After the last diagonal the caller passes the empty span nlo = 1 > nhi = 0.
     r = lo + q
-    left = m & (has_next != 0) & (r >= nlo) & (r <= nhi)
+    left = m & (r >= nlo) & (r <= nhi)
     pl = noff + r - nlo
     tl.store(rec_ptr + pl * rec_sp + n * rec_sn + rec_col + j, t, mask=left)
     tl.store(crec_ptr + pl * crec_sp + n * crec_sn + j, c, mask=left)
-    up = m & (has_next != 0) & (r + 1 >= nlo) & (r + 1 <= nhi)
+    up = m & (r + 1 >= nlo) & (r + 1 <= nhi)
     pu = noff + r + 1 - nlo
     tl.store(rec_ptr + pu * rec_sp + n * rec_sn + rec_col + H + j, t, mask=up)
     tl.store(crec_ptr + pu * crec_sp + n * crec_sn + H + j, c, mask=up)
 
 
-@triton.jit(do_not_specialize=["total", "lo", "hi", "off", "has_prev", "poff", "plo", "phi"])
+@triton.jit(do_not_specialize=["total", "lo", "hi", "off", "poff", "plo", "phi"])
 def bwd(gates_ptr, c_ptr, h_ptr, gh_ptr, dz_ptr, dri_ptr, dro_ptr, dci_ptr, dco_ptr,
         total, N, H: tl.constexpr, KREC: tl.constexpr, lo, hi, off,
-        has_prev, poff, plo, phi, EXT: tl.constexpr, BLOCK: tl.constexpr):
+        poff, plo, phi, EXT: tl.constexpr, BLOCK: tl.constexpr):
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = e < total
     j = e % H
@@ -88,10 +89,11 @@ def bwd(gates_ptr, c_ptr, h_ptr, gh_ptr, dz_ptr, dri_ptr, dro_ptr, dci_ptr, dco_
         dc += tl.load(row + 2 * H, mask=m) + tl.load(below + 3 * H, mask=m)
     dm = dh * (1.0 - t * t)
     dc += dm * o
-    # c_left: the previous diagonal's row r; c_up: its row r - 1 (zero outside its span).
-    okl = m & (has_prev != 0) & (r >= plo) & (r <= phi)
+    # c_left: the previous diagonal's row r; c_up: its row r - 1 (zero outside its span; before
+    # the first diagonal the caller passes the empty span plo = 1 > phi = 0).
+    okl = m & (r >= plo) & (r <= phi)
     cl = tl.load(c_ptr + ((poff + r - plo) * N + n) * H + j, mask=okl, other=0.0)
-    oku = m & (has_prev != 0) & (r - 1 >= plo) & (r - 1 <= phi)
+    oku = m & (r - 1 >= plo) & (r - 1 <= phi)
     cu = tl.load(c_ptr + ((poff + r - 1 - plo) * N + n) * H + j, mask=oku, other=0.0)
     dcout = dco_ptr + (r * N + n) * (2 * H) + j
     tl.store(dcout, dc * fc, mask=m)
@@ -105,7 +107,7 @@ def bwd(gates_ptr, c_ptr, h_ptr, gh_ptr, dz_ptr, dri_ptr, dro_ptr, dci_ptr, dco_
     # Rows lo - 1 and hi + 1 of the output buffers lie outside this diagonal but are read by
     # the previous one: zero them (the GEMM fills rows lo..hi of the recurrent gradient).
     zero = tl.zeros([BLOCK], dtype=g.dtype)
-    first = m & (q == 0) & (lo > 0)
+    first = m & (q == 0) & (r > 0)  # r = lo here; tensors only (Triton's interpreter)
     last = m & (r == hi)
     for k in tl.static_range(2):
         tl.store(dco_ptr + ((lo - 1) * N + n) * (2 * H) + k * H + j, zero, mask=first)

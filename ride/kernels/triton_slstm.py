@@ -52,7 +52,7 @@ def forward_sweep(plan, inputs, size_in, weight, bias, gates, cells, hidden, h, 
             z, cells[off : off + rows], hidden[off : off + rows], crec_base, inputs,
             total, n_img, h, lo, off,
             crec.stride(0), crec.stride(1), inputs.stride(0), inputs.stride(1), size_in,
-            int(d + 1 < len(spans)), noff, nlo, nhi, BLOCK=_BLOCK,
+            noff, nlo, nhi, BLOCK=_BLOCK,
         )
 
 
@@ -80,7 +80,7 @@ def backward_sweep(plan, gates, cells, hidden, grad_hidden, weight_rec, h, exten
             bwd[_grid(total)](
                 gates, cells, hidden, grad_hidden, z, d_in, d_out, c_in, c_out,
                 total, n_img, h, k_rec, lo, hi, off,
-                int(prev is not None), poff, plo, phi, EXT=bool(extended), BLOCK=_BLOCK,
+                poff, plo, phi, EXT=bool(extended), BLOCK=_BLOCK,
             )
             if d > 0:
                 torch.mm(z.view(rows * n_img, 5 * h), weight_rec, out=d_out[lo : hi + 1].view(rows * n_img, k_rec))
