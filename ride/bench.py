@@ -13,6 +13,9 @@ interleaved rep by rep so that a shared machine slows all of them alike (medians
 * ``gemm_flops``: a dense float32 GEMM (``--gemm-size``, default 2048 on CPU, 8192 on CUDA),
   timed right before and right after every timed step of the selected implementation (median
   over all of them), and ``roofline_px_per_s = gemm_flops / flops_per_px``;
+* with ``--cuda-graph`` (CUDA): the selected implementation's step is replayed from a CUDA graph
+  (``ride.cuda_graph.GraphedLoss``, as training with ``RIDE_CUDA_GRAPH=1``) and the same step
+  eager is timed in the same reps (``eager_px_per_s``, ``graph_over_eager``);
 * ``frac_roofline``: the median over reps of the step's px/s over the roofline of the two GEMMs
   around it (``frac_roofline_reps``). A shared machine's speed drifts by tens of percent within
   seconds and moves the steps and the GEMMs alike; the ratio of the two medians taken apart is
@@ -132,24 +135,34 @@ def _time(fn: Callable[[], Any], device: torch.device) -> float:
 
 def measure_config(layers: int, hidden: int, patch: int, batch: int, device: torch.device, impl: str,
                    reps: int, per_pixel_reps: int, gemm: Callable[[], float], extended: bool = False,
-                   baselines: tuple[str, ...] = ("reference",)) -> dict[str, Any]:
+                   baselines: tuple[str, ...] = ("reference",), cuda_graph: bool = False) -> dict[str, Any]:
     from .kernels import blas_pointers, c_kernels, num_groups, use_c_kernels
     from .slstm import resolve_impl
 
     model, images = _make_model(layers, hidden, patch, batch, device, extended)
     px = batch * scored_pixels(patch)
     _train_step(model, images, impl)  # warm-up (also builds the C kernels once)
-    times: dict[str, list[float]] = {name: [] for name in [impl, *baselines]}
+    timed: Callable[[], Any] = lambda: _train_step(model, images, impl)  # noqa: E731
+    steps = {base: (lambda base=base: _train_step(model, images, base)) for base in baselines}
+    if cuda_graph:
+        # The selected implementation replayed from a CUDA graph, and the same steps eager beside it.
+        from .cuda_graph import GraphedLoss
+
+        model.impl = impl
+        graphed = GraphedLoss(model, images)
+        steps["eager"] = timed
+        timed = lambda: graphed(images)  # noqa: E731
+    times: dict[str, list[float]] = {name: [] for name in [impl, *steps]}
     flops: list[float] = []
     fracs: list[float] = []
     fpp = flops_per_pixel(layers, hidden, extended)
     for rep in range(max(reps, per_pixel_reps)):
-        for base in baselines:
-            if rep < per_pixel_reps:
-                times[base].append(_time(lambda: _train_step(model, images, base), device))
+        for base, fn in steps.items():
+            if rep < (reps if base == "eager" else per_pixel_reps):
+                times[base].append(_time(fn, device))
         if rep < reps:
             before = gemm()
-            step = _time(lambda: _train_step(model, images, impl), device)
+            step = _time(timed, device)
             after = gemm()
             times[impl].append(step)
             flops += [before, after]
@@ -187,6 +200,10 @@ def measure_config(layers: int, hidden: int, patch: int, batch: int, device: tor
         record["speedup_vs_per_pixel"] = None
     if "wavefront" in med:
         record["wavefront_px_per_s"] = px / med["wavefront"]
+    record["cuda_graph"] = cuda_graph
+    if "eager" in med:
+        record["eager_px_per_s"] = px / med["eager"]
+        record["graph_over_eager"] = med["eager"] / med[impl]
     record["frac_roofline"] = statistics.median(fracs)
     record["frac_roofline_unpaired"] = record["px_per_s"] / record["roofline_px_per_s"]
     record["frac_roofline_reps"] = fracs
@@ -272,15 +289,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-_HEAD = (f"{'layers':>6} {'hidden':>6} {'patch':>5} {'batch':>6} {'impl':>9} {'px/s':>10} {'per-px px/s':>11} "
+_HEAD = (f"{'layers':>6} {'hidden':>6} {'patch':>5} {'batch':>6} {'impl':>11} {'px/s':>10} {'per-px px/s':>11} "
          f"{'speedup':>7} {'roofline':>10} {'%roof':>6} {'mem MB':>7} {'rss MB':>7}")
 
 
 def format_row(r: dict[str, Any]) -> str:
     batch = f"{r['batch']}{'*' if r.get('best_batch') else ''}"
+    impl = f"{r['impl']}{'+graph' if r.get('cuda_graph') else ''}"
     speedup = f"{r['speedup_vs_per_pixel']:.1f}x" if r.get("speedup_vs_per_pixel") else "-"
     return (
-        f"{r['layers']:>6} {r['hidden']:>6} {r['patch']:>5} {batch:>6} {r['impl']:>9} {r['px_per_s']:>10.4g} "
+        f"{r['layers']:>6} {r['hidden']:>6} {r['patch']:>5} {batch:>6} {impl:>11} {r['px_per_s']:>10.4g} "
         f"{_fmt(r.get('per_pixel_px_per_s'), '>11.4g'):>11} {speedup:>7} {r['roofline_px_per_s']:>10.4g} "
         f"{100 * r['frac_roofline']:>5.1f}% {_fmt(r.get('peak_mem_mb'), '>7.0f'):>7} {_fmt(r.get('peak_rss_mb'), '>7.0f'):>7}"
     )
@@ -350,6 +368,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extended", action="store_true", help="the extended SLSTM (cell states in the gates)")
     p.add_argument("--impl", default="auto", help="SLSTM implementation to measure (default auto)")
     p.add_argument("--wavefront", action="store_true", help="also time impl='wavefront' in the same reps")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA: time the selected implementation's step replayed from a CUDA graph (ride.cuda_graph, "
+                        "as training with RIDE_CUDA_GRAPH=1), and the eager step beside it")
     p.add_argument("--reps", type=int, default=5, help="timed training steps per configuration")
     p.add_argument("--per-pixel-reps", type=int, default=2, help="timed steps of the per-pixel schedule")
     p.add_argument("--max-per-pixel-px", type=int, default=200_000,
@@ -392,6 +413,9 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("ride bench: CUDA is not available", file=sys.stderr)
         return 2
+    if args.cuda_graph and device.type != "cuda":
+        print(f"ride bench: --cuda-graph needs --device cuda (got {device})", file=sys.stderr)
+        return 2
     print(f"ride bench: device {device_name(device)}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
           "pixels are scored pixels ((H-2)x(W-4) per HxW patch), training = forward + backward of the loss")
     records: list[dict[str, Any]] = []
@@ -431,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
                         px = batch * scored_pixels(patch)
                         bases = tuple(b for b in baselines if b != "reference" or px <= args.max_per_pixel_px)
                         rec = measure_config(n_layers, n_hidden, patch, batch, device, args.impl, reps, pp_reps,
-                                             gemm, args.extended, bases)
+                                             gemm, args.extended, bases, args.cuda_graph)
                         rec["best_batch"] = is_best
                         if fits:
                             rec["batch_search"] = {str(k): v for k, v in rates.items()}
@@ -443,6 +467,9 @@ def run(args: argparse.Namespace) -> int:
                         rec["gemm_size"] = size
                         records.append(rec)
                         print(format_row(rec), flush=True)
+                        if "eager_px_per_s" in rec:
+                            print(f"{'':>6} the same step eager: {rec['eager_px_per_s']:.4g} px/s; the graph replays it "
+                                  f"{rec['graph_over_eager']:.2f}x as fast", flush=True)
                         if args.json:  # after every configuration, so that a cut-short run keeps its records
                             _write_json(args.json, records)
         print("\n(* = best batch of the search; speedup = px/s over the per-pixel schedule (impl='reference') in "

@@ -112,6 +112,8 @@ def check_images(images: torch.Tensor) -> None:
         )
     if not torch.is_floating_point(images):
         raise ValueError(f"images must be floating point, got {images.dtype}")
+    if images.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # the finiteness check waits for the GPU; ride.cuda_graph checks each batch before replay
     if not torch.isfinite(images).all():
         bad = (~torch.isfinite(images)).nonzero()[0].tolist()
         raise ValueError(f"images contain NaN or Inf values (first at index {bad}); clean the data")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from .checkpoint import (  # CheckpointMismatch is re-exported: callers catch it from here
     CheckpointMismatch, check_resume_flags, check_same_run, discard_checkpoint, load_verified, save_verified,
 )
+from .cuda_graph import GraphedLoss, graphs_enabled
 from .data import atomic_write, load_images
 from .errors import CorruptFileError, TrainingError
 from .model import RIDE
@@ -313,6 +314,7 @@ class Trainer:
         losses: list[float] = []
         tick = time.perf_counter()
         self.model.train()
+        graphed: GraphedLoss | None = None  # forward + backward replayed from a CUDA graph (ride/cuda_graph.py)
         while self.state["batch"] < num_batches:
             b = self.state["batch"]
             epoch, k = divmod(b, per_epoch)
@@ -320,11 +322,17 @@ class Trainer:
                 patches, drawn = self.epoch_patches(stage, patch, epoch), epoch
             batch = patches[k * cfg.batch_size : (k + 1) * cfg.batch_size].to(self.device)
             self.optimizer.zero_grad()
-            loss = self.model.loss(batch)
+            if graphs_enabled(self.device):
+                if graphed is None or graphed.model is not self.model or graphed.input.shape != batch.shape:
+                    graphed = GraphedLoss(self.model, batch)
+                loss = graphed(batch)  # the gradients are formed already; the step below applies them
+            else:
+                loss = self.model.loss(batch)
             if not torch.isfinite(loss):
                 bar.close()
                 raise _Diverged(stage, b, "non-finite loss", f"non-finite loss ({loss.item()})")
-            loss.backward()
+            if graphed is None:
+                loss.backward()
             if cfg.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
             self.optimizer.step()
@@ -342,6 +350,8 @@ class Trainer:
             if self.callback is not None:
                 self.callback(dict(self.state))
         bar.close()
+        graph_info = {"cuda_graph": True} if graphed is not None else {}
+        graphed = None  # its memory pool goes before the L-BFGS refinement
         epochs_info: dict[str, Any] = {}
         if epochs > 1 or cfg.early_stopping:
             epochs_info = {"epochs": epochs, "batches_per_epoch": per_epoch}
@@ -356,6 +366,7 @@ class Trainer:
         self._notify("refined", stage_info)
         self.history.append({"stage": stage + 1, "patch": patch, "requested_patch": int(spec["patch"]), "lr": lr,
                              "batches": num_batches, **epochs_info,
+                             **graph_info,
                              "train_nll_first": losses[0] if losses else None,
                              "train_nll_last": losses[-1] if losses else None, **refine})
         self.state["stage"], self.state["batch"] = stage + 1, 0

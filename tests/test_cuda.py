@@ -104,14 +104,19 @@ def test_mcgsm_refinement_on_cuda_matches_the_cpu_objective():
     assert float(_mean_nll(cpu_after, x, y)) == pytest.approx(info["valid_nll"], abs=1e-9)
 
 
-def test_train_evaluate_and_sample_on_cuda(tmp_path):
+def _tiny_training(tmp_path, num_layers: int) -> tuple[np.ndarray, dict]:
+    """12 dead-leaves images (the first 10 saved as train.h5) and a two-stage training config."""
     images = _images(12, 24).numpy()
     save_images(tmp_path / "train.h5", images[:10])
-    config = {
-        "model": {"nb_size": 5, "num_hidden": 8, "num_layers": 1, "num_components": 4, "num_scales": 2, "num_features": 6},
-        "train": {"stages": [{"patch": 8, "lr": 0.5}, {"patch": 10, "lr": 0.1}], "batch_size": 16, "max_patches": 200,
-                  "whitening_samples": 5000, "lbfgs_iterations": 5, "lbfgs_samples": 2000},
-    }
+    model = {"nb_size": 5, "num_hidden": 8, "num_layers": num_layers, "num_components": 4, "num_scales": 2,
+             "num_features": 6}
+    return images, {"model": model, "train": {
+        "stages": [{"patch": 8, "lr": 0.5}, {"patch": 10, "lr": 0.1}], "batch_size": 16, "max_patches": 200,
+        "whitening_samples": 5000, "lbfgs_iterations": 5, "lbfgs_samples": 2000}}
+
+
+def test_train_evaluate_and_sample_on_cuda(tmp_path):
+    images, config = _tiny_training(tmp_path, 1)
     model = train(config, tmp_path / "train.h5", tmp_path / "run", device=DEV, seed=0, progress=False)
     assert next(model.parameters()).device.type == torch.device(DEV).type
     meta = json.loads((tmp_path / "run" / "train.json").read_text())
@@ -124,3 +129,69 @@ def test_train_evaluate_and_sample_on_cuda(tmp_path):
     gen = torch.Generator(device=DEV).manual_seed(0)
     samples = model.sample(2, 16, 16, generator=gen)
     assert samples.device.type == torch.device(DEV).type and torch.isfinite(samples).all()
+
+
+def _graph_setup(layers: int, extended: bool) -> tuple[RIDE, list[torch.Tensor]]:
+    if not DEV.startswith("cuda"):
+        pytest.skip("CUDA graphs need a CUDA device (tests/test_cuda_graph.py checks the step on the CPU)")
+    torch.manual_seed(0)
+    model = RIDE(nb_size=5, num_hidden=8, num_layers=layers, extended=extended, num_components=4, num_scales=2,
+                 num_features=6)
+    batches = [_images(6, 14, seed=s) for s in (0, 1)]
+    model.fit_whitening(batches[0])
+    return model.to(DEV), [b.to(DEV) for b in batches]
+
+
+@pytest.mark.parametrize("layers,extended", [(1, False), (2, True)])
+def test_graphed_training_step_equals_the_eager_step(layers, extended):
+    from ride.cuda_graph import GraphedLoss
+
+    model, (first, second) = _graph_setup(layers, extended)
+    graphed = GraphedLoss(model, first)
+    losses = []
+    for batch in (second, first, second):
+        model.zero_grad(set_to_none=True)  # the replay points .grad at its own gradients again
+        loss = graphed(batch).clone()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        ref = model.loss(batch)
+        ref.backward()
+        assert torch.allclose(loss, ref, rtol=1e-5, atol=1e-6), (float(loss), float(ref))
+        for g, p in zip(got, model.parameters()):
+            assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6), (g - p.grad).abs().max()
+        losses.append(float(loss))
+        torch.optim.SGD(model.parameters(), lr=0.5).step()  # in place: the next replay reads the new values
+    assert losses[0] != losses[1]
+
+
+def test_graphed_step_checks_every_batch():
+    from ride.cuda_graph import GraphedLoss
+
+    model, (first, second) = _graph_setup(1, False)
+    graphed = GraphedLoss(model, first)
+    bad = second.clone()
+    bad[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        graphed(bad)
+    assert torch.equal(graphed.input, first)  # nothing copied in
+    with pytest.raises(ValueError, match="captured for"):
+        graphed(second[:3])
+
+
+def test_training_with_cuda_graphs_equals_eager_training(tmp_path, monkeypatch):
+    if not DEV.startswith("cuda"):
+        pytest.skip("CUDA graphs need a CUDA device")
+    _, config = _tiny_training(tmp_path, 2)
+    runs = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("RIDE_CUDA_GRAPH", flag)
+        model = train(config, tmp_path / "train.h5", tmp_path / f"run{flag}", device=DEV, seed=0, progress=False)
+        meta = json.loads((tmp_path / f"run{flag}" / "train.json").read_text())
+        runs[flag] = (model, [s for s in meta["history"] if "stage" in s and "batches" in s])
+    (eager, eager_hist), (graphed, graph_hist) = runs["0"], runs["1"]
+    assert [s.get("cuda_graph", False) for s in graph_hist] == [True, True]
+    assert not any(s.get("cuda_graph", False) for s in eager_hist)
+    for a, b in zip(eager_hist, graph_hist):
+        assert a["train_nll_last"] == pytest.approx(b["train_nll_last"], rel=1e-4, abs=1e-5)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), name

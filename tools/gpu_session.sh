@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (results/gpu/README.md says what came of it):
-#   1. the dead-leaves noise calibration (`ride calibrate`, paper protocol of the MCGSM-32 row),
-#   2. the CUDA-marked tests, 3. `ride bench` on CUDA (Triton sweeps, then torch sweeps; evaluation).
-# Usage there: bash tools/gpu_session.sh   (writes under $OUT; CPU dry run: DEVICE=cpu CAL_ARGS="--scale smoke --runs 2")
+# One prepared run on a lent GPU machine (results/benchmarks/gpu-*/README.md says what came of it):
+#   1. the dead-leaves noise calibration, only with CALIBRATE=1 (done on 2026-11-26, the width is frozen),
+#   2. the CUDA-marked tests, 3. `ride bench` on CUDA at batch 50 with the step replayed from a CUDA
+#   graph (ride/cuda_graph.py) and eager beside it, 4. the Triton sweeps' batch search, the torch
+#   sweeps, evaluation.
+# Usage there: bash tools/gpu_session.sh   (writes under $OUT; CPU dry run: DEVICE=cpu CALIBRATE=1 CAL_ARGS="--scale smoke --runs 2")
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -20,17 +22,22 @@ step env
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
   python3 -c "import triton; print('triton', triton.__version__)" 2>&1; nproc; } 2>&1 | tee -a "$LOG"
 
-step calibrate
-timeout "${CAL_S:-270}" python3 -m ride.cli calibrate --out "$OUT/calibration.json" --work-dir /tmp/calib \
-  --device "$DEVICE" --workers "$(nproc)" ${CAL_ARGS:-} 2>&1 | tee -a "$LOG"
-(cd /tmp/calib 2>/dev/null && tar czf "$OUT/calibration_runs.tgz" --exclude='*.h5' --exclude='*.sha256' . ) || true
+if [ "${CALIBRATE:-0}" = 1 ]; then
+  step calibrate
+  timeout "${CAL_S:-270}" python3 -m ride.cli calibrate --out "$OUT/calibration.json" --work-dir /tmp/calib \
+    --device "$DEVICE" --workers "$(nproc)" ${CAL_ARGS:-} 2>&1 | tee -a "$LOG"
+  (cd /tmp/calib 2>/dev/null && tar czf "$OUT/calibration_runs.tgz" --exclude='*.h5' --exclude='*.sha256' . ) || true
+fi
 
 step tests
-timeout "${TEST_S:-90}" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_slstm_fast.py 2>&1 \
+timeout "${TEST_S:-150}" python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py tests/test_slstm_fast.py 2>&1 \
   | tail -25 | tee -a "$LOG"
 
-step bench triton
 BENCH="python3 -m ride.bench --device $DEVICE --layers 1 --hidden 64 --patch 22 --reps 10 --max-per-pixel-px 2000000"
+step bench graph, batch 50
+timeout "${GRAPH_S:-60}" $BENCH --cuda-graph --no-best-batch --no-memory --json "$OUT/bench_cuda_graph_b50.json" 2>&1 \
+  | tee -a "$LOG"
+step bench triton
 timeout "${BENCH_S:-80}" $BENCH --best-batch 256,1024,4096 --max-batch-px 2000000 --json "$OUT/bench_cuda.json" 2>&1 | tee -a "$LOG"
 step bench torch sweeps
 timeout "${BENCH_S:-70}" $BENCH --impl fused_torch --best-batch 1024 --max-batch-px 2000000 --no-memory \
