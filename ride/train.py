@@ -314,7 +314,10 @@ class Trainer:
         losses: list[float] = []
         tick = time.perf_counter()
         self.model.train()
-        graphed: GraphedLoss | None = None  # forward + backward replayed from a CUDA graph (ride/cuda_graph.py)
+        # Forward + backward replayed from a CUDA graph (ride/cuda_graph.py), where enabled; a capture
+        # that fails leaves the stage eager and says so.
+        graphed: GraphedLoss | None = None
+        use_graph, graph_info = graphs_enabled(self.device), {}
         while self.state["batch"] < num_batches:
             b = self.state["batch"]
             epoch, k = divmod(b, per_epoch)
@@ -322,9 +325,10 @@ class Trainer:
                 patches, drawn = self.epoch_patches(stage, patch, epoch), epoch
             batch = patches[k * cfg.batch_size : (k + 1) * cfg.batch_size].to(self.device)
             self.optimizer.zero_grad()
-            if graphs_enabled(self.device):
-                if graphed is None or graphed.model is not self.model or graphed.input.shape != batch.shape:
-                    graphed = GraphedLoss(self.model, batch)
+            if use_graph and (graphed is None or graphed.model is not self.model or graphed.input.shape != batch.shape):
+                graphed, graph_info = self._capture(batch)
+                use_graph = graphed is not None
+            if graphed is not None:
                 loss = graphed(batch)  # the gradients are formed already; the step below applies them
             else:
                 loss = self.model.loss(batch)
@@ -350,7 +354,6 @@ class Trainer:
             if self.callback is not None:
                 self.callback(dict(self.state))
         bar.close()
-        graph_info = {"cuda_graph": True} if graphed is not None else {}
         graphed = None  # its memory pool goes before the L-BFGS refinement
         epochs_info: dict[str, Any] = {}
         if epochs > 1 or cfg.early_stopping:
@@ -372,6 +375,16 @@ class Trainer:
         self.state["stage"], self.state["batch"] = stage + 1, 0
         self.optimizer = None
         self.save_checkpoint()
+
+    def _capture(self, batch: torch.Tensor) -> tuple[GraphedLoss | None, dict[str, Any]]:
+        """The training step captured for ``batch``'s shape and the stage's history entry for it;
+        None where the capture fails (the stage then runs eager)."""
+        try:
+            return GraphedLoss(self.model, batch), {"cuda_graph": True}
+        except RuntimeError as exc:
+            self.optimizer.zero_grad()  # a capture cut short may have left gradients behind
+            print(f"ride train: CUDA graph capture failed ({exc}); this stage runs without it", file=sys.stderr)
+            return None, {"cuda_graph": f"capture failed, ran eager: {exc}"[:500]}
 
     def _notify(self, event: str, info: dict[str, Any]) -> None:
         if self.on_stage is not None:

@@ -118,3 +118,72 @@ def test_bench_refuses_cuda_graphs_off_cuda(capsys):
 
     assert bench.main(["--cuda-graph", "--device", "cpu", "--quick", "--no-memory"]) == 2
     assert "--cuda-graph needs --device cuda" in capsys.readouterr().err
+
+
+def _train_tiny(tmp_path, name: str) -> tuple[RIDE, list[dict]]:
+    import json
+
+    import numpy as np
+
+    from ride.data import save_images
+    from ride.deadleaves import generate
+    from ride.train import train
+
+    data = tmp_path / "train.h5"
+    if not data.exists():
+        save_images(data, generate(10, 24, seed=0, noise=8.0).astype(np.float32))
+    config = {
+        "model": {"nb_size": 5, "num_hidden": 8, "num_layers": 2, "num_components": 4, "num_scales": 2, "num_features": 6},
+        "train": {"stages": [{"patch": 8, "lr": 0.5}, {"patch": 10, "lr": 0.1}], "batch_size": 16, "max_patches": 100,
+                  "whitening_samples": 5000, "lbfgs_iterations": 3, "lbfgs_samples": 2000},
+    }
+    model = train(config, data, tmp_path / name, device="cpu", seed=0, progress=False)
+    history = json.loads((tmp_path / name / "train.json").read_text())["history"]
+    return model, [h for h in history if "batches" in h]
+
+
+class _EagerStandIn:
+    """What GraphedLoss does for the trainer, without a GPU: forward and backward of one batch shape."""
+    made: list[tuple[int, ...]] = []
+
+    def __init__(self, model, example):
+        self.model, self.input = model, example.clone()
+        _EagerStandIn.made.append(tuple(example.shape))
+
+    def __call__(self, images):
+        assert images.shape == self.input.shape
+        loss = self.model.loss(images)
+        loss.backward()
+        return loss.detach()
+
+
+def test_training_through_the_graph_branch_equals_eager_training(tmp_path, monkeypatch):
+    """The trainer's graph branch (capture once per stage, gradients from the replay, the
+    optimiser step eager) gives the eager run's model, with the stand-in in place of the capture."""
+    eager, eager_hist = _train_tiny(tmp_path, "eager")
+    monkeypatch.setattr("ride.train.graphs_enabled", lambda device: True)
+    monkeypatch.setattr("ride.train.GraphedLoss", _EagerStandIn)
+    _EagerStandIn.made = []
+    graphed, graph_hist = _train_tiny(tmp_path, "graphed")
+    assert _EagerStandIn.made == [(16, 8, 8), (16, 10, 10)]  # one capture per stage (patch 8, then 10)
+    assert [h.get("cuda_graph") for h in graph_hist] == [True, True]
+    assert all("cuda_graph" not in h for h in eager_hist)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_failed_capture_leaves_the_stage_eager(tmp_path, monkeypatch, capsys):
+    eager, _ = _train_tiny(tmp_path, "eager")
+
+    def refuse(model, example):
+        for p in model.parameters():  # as a capture cut short might leave them
+            p.grad = torch.full_like(p, 1e3)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr("ride.train.graphs_enabled", lambda device: True)
+    monkeypatch.setattr("ride.train.GraphedLoss", refuse)
+    model, hist = _train_tiny(tmp_path, "refused")
+    assert all(h["cuda_graph"].startswith("capture failed, ran eager: operation not permitted") for h in hist)
+    assert "CUDA graph capture failed" in capsys.readouterr().err
+    for (name, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
