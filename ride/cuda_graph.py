@@ -44,22 +44,23 @@ class GraphedLoss:
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.input = example.detach().clone()
-        # Warm-up on a side stream (PyTorch's recipe for whole-network capture): cuBLAS handles,
-        # Triton compilations and cached index maps are made here, not during the capture.
-        stream = torch.cuda.Stream(example.device)
-        stream.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                for p in self.params:
-                    p.grad = None
-                model.loss(self.input).backward()
-        torch.cuda.current_stream(example.device).wait_stream(stream)
-        for p in self.params:
-            p.grad = None  # backward inside the capture then allocates the gradients in the graph's pool
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.loss = model.loss(self.input)
-            self.loss.backward()
+        with torch.cuda.device(example.device):
+            # Warm-up on a side stream (PyTorch's recipe for whole-network capture): cuBLAS handles,
+            # Triton compilations and cached index maps are made here, not during the capture.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    for p in self.params:
+                        p.grad = None
+                    model.loss(self.input).backward()
+            torch.cuda.current_stream().wait_stream(stream)
+            for p in self.params:
+                p.grad = None  # backward inside the capture then allocates the gradients in the graph's pool
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = model.loss(self.input)
+                self.loss.backward()
         self.grads = [p.grad for p in self.params]
         if any(g is None for g in self.grads):
             raise RuntimeError("GraphedLoss: a trainable parameter got no gradient in the captured backward")
