@@ -2,6 +2,8 @@
 # Paper-scale Table 3 rows on a lent GPU with the workflow's own commands (rules deadleaves,
 # model_config, train, evaluate of workflow/rules/), for machines without Snakemake:
 #   bash tools/gpu_rows.sh mcgsm12 [more variants]   -> $OUT/<variant>_{train,eval}.json, <variant>_model.pt
+# Training resumes from its checkpoint (as the workflow's rule does): a row cut off by a time limit
+# goes on in the next call on the same machine. RIDE_CUDA_GRAPH=1 trains with CUDA graphs.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -32,7 +34,7 @@ c = E.load_config()
 json.dump(E.train_config(c, '$SCALE', 'table3', '$v'), open('$RUN/config.json', 'w'), indent=2)
 o = E.eval_options(c, '$SCALE', 'table3', '$v')
 print(f\"--tile {o['tile']}\" + (f\" --max-tiles {o['max_tiles']}\" if o['max_tiles'] else '') + (' --ensemble' if o['ensemble'] else ''))" > "$RUN/eval_args"
-  python3 -m ride.cli train --config "$RUN/config.json" --data "$DATA/train.h5" --out-dir "$RUN" --device "$DEVICE" \
+  python3 -m ride.cli train --config "$RUN/config.json" --data "$DATA/train.h5" --out-dir "$RUN" --resume --device "$DEVICE" \
     --seed 0 --no-progress && \
   python3 -m ride.cli evaluate --model "$RUN/model.pt" --data "$DATA/test.h5" --out "$RUN/eval.json" \
     $(cat "$RUN/eval_args") --device "$DEVICE" | tail -12
