@@ -121,23 +121,16 @@ def test_bench_refuses_cuda_graphs_off_cuda(capsys):
 
 
 def _train_tiny(tmp_path, name: str) -> tuple[RIDE, list[dict]]:
+    """The CUDA tests' tiny two-stage training (2 layers, grown), on the CPU; the model and the
+    stages' history entries."""
     import json
 
-    import numpy as np
+    from test_cuda import _tiny_training
 
-    from ride.data import save_images
-    from ride.deadleaves import generate
     from ride.train import train
 
-    data = tmp_path / "train.h5"
-    if not data.exists():
-        save_images(data, generate(10, 24, seed=0, noise=8.0).astype(np.float32))
-    config = {
-        "model": {"nb_size": 5, "num_hidden": 8, "num_layers": 2, "num_components": 4, "num_scales": 2, "num_features": 6},
-        "train": {"stages": [{"patch": 8, "lr": 0.5}, {"patch": 10, "lr": 0.1}], "batch_size": 16, "max_patches": 100,
-                  "whitening_samples": 5000, "lbfgs_iterations": 3, "lbfgs_samples": 2000},
-    }
-    model = train(config, data, tmp_path / name, device="cpu", seed=0, progress=False)
+    _, config = _tiny_training(tmp_path, 2)
+    model = train(config, tmp_path / "train.h5", tmp_path / name, device="cpu", seed=0, progress=False)
     history = json.loads((tmp_path / name / "train.json").read_text())["history"]
     return model, [h for h in history if "batches" in h]
 
