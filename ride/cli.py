@@ -130,10 +130,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """``ride table check|spread``: judge rendered tables; seed spread of smoke tables."""
+    """``ride table check|render|spread``: judge rendered tables; render one from kept run folders;
+    seed spread of smoke tables."""
     from . import experiments, tables
     from .tablefiles import write_text
 
+    if args.table_command == "render":
+        config = experiments.load_config(args.config)
+        out_dir = args.out_dir or f"results/{args.scale}"
+        command = f"ride table render {args.table} --scale {args.scale} --runs {args.runs} --out-dir {out_dir}"
+        rows = tables.render_from_runs(config, args.table, args.scale, args.runs, out_dir,
+                                       {"rendered_by": command, "config": str(args.config)})
+        for msg in tables.failures(rows):
+            print(msg)
+        print(f"wrote {out_dir}/{args.table}.csv ({len(rows)} rows): {tables.check_line(rows)}")
+        return 0
     if args.table_command == "check":
         config = experiments.load_config(args.config) if args.config else None
         ok = True
@@ -249,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "'nothing to judge' for a table without a judged row")
     q.add_argument("tables", nargs="+", help="results/<scale>/<table>.csv")
     q.add_argument("--config", help="recompute the verdicts with this config first (config/config.yaml)")
+    q = table_sub.add_parser("render", help="render results/<scale>/<table>.* from run folders kept outside the "
+                                              "workflow (<runs>/<variant>/{eval,train}.json, model.pt); missing rows are pending")
+    q.add_argument("table", help="table3, ...")
+    q.add_argument("--scale", required=True)
+    q.add_argument("--runs", required=True, help="folder of run folders, e.g. results/paper/runs")
+    q.add_argument("--out-dir", default=None, help="default results/<scale>")
+    q.add_argument("--config", default="config/config.yaml")
     q = table_sub.add_parser("spread", help="seed-to-seed spread of several tables: the smoke test's tolerance, the paired order differences' SD")
     q.add_argument("tables", nargs="+", help="the same table from runs with different training seeds")
     q.add_argument("--out", required=True, help="JSON file to write")

@@ -84,7 +84,7 @@ __all__ = [
     "write_csv",
 ]
 
-PENDING = "pending (needs GPU)"
+PENDING = "pending (not run)"
 CITED = "cited, not ours"
 
 
@@ -541,6 +541,35 @@ def render_table(
         doc = provenance(config, table, scale, evals, trains, sums, models, extra_provenance)
         write_text(out_provenance, json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
     return rows
+
+
+def render_from_runs(
+    config: Mapping[str, Any], table: str, scale: str, runs: str | Path, out_dir: str | Path,
+    extra_provenance: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Render ``out_dir/<table>.{csv,md,html,provenance.json}`` from run folders kept outside the
+    workflow (``runs/<variant>/{eval,train}.json, model.pt``, e.g. rows trained on different
+    machines). The files are those ``rule table`` reads, with ``runs/<scale>/<table>/`` replaced
+    by ``runs``; a row without its eval.json is pending. Data checksums and Snakemake benchmarks
+    are read where they exist (paths relative to the working directory)."""
+    cfg = E.table_config(config, scale, table)
+    prefix = E.run_dir(scale, table, "")
+    files = {k: str(Path(runs) / v[len(prefix):]) if v.startswith(prefix) else v
+             for k, v in E.table_input_files(cfg, scale, table).items()}
+    found = {k: v for k, v in files.items() if Path(v).exists()}
+    for key in found:
+        if key.startswith("eval_") and f"model_{key[5:]}" not in found:
+            raise FileNotFoundError(f"{found[key]} has no model beside it: {files['model_' + key[5:]]} is missing "
+                                    "(copy the run's model.pt with its eval.json)")
+
+    def pick(kind: str) -> dict[str, str]:
+        return {k[len(kind):]: v for k, v in found.items() if k.startswith(kind)}
+
+    out = Path(out_dir)
+    return render_table(cfg, table, scale, pick("eval_"), pick("train_"), out / f"{table}.csv", out / f"{table}.md",
+                        out / f"{table}.html", out / f"{table}.provenance.json", benchmark_paths=pick("bench_"),
+                        dataset_checksums=pick("checksum_"), model_paths=pick("model_"),
+                        extra_provenance=extra_provenance)
 
 
 # --------------------------------------------------------------------------------------------

@@ -477,6 +477,37 @@ def write_inputs(tmp_path, config, values, scale="paper"):
     return evals, trains, sums
 
 
+def test_render_from_kept_runs_equals_render_table_and_leaves_absent_rows_pending(tmp_path, config, monkeypatch, capsys):
+    """`ride table render`: rows trained elsewhere (results/paper/runs) become the workflow's table."""
+    kept = {k: v for k, v in shifted().items() if k in ("mcgsm12", "mcgsm32", "ride64_l1")}
+    evals, trains, _ = write_inputs(tmp_path, config, kept)
+    for name in kept:
+        (tmp_path / "runs" / name / "model.pt").write_bytes(name.encode())
+    monkeypatch.chdir(tmp_path)  # data checksums are read relative to the working directory: none here
+    rows = rows_by_name(T.render_from_runs(config, "table3", "paper", tmp_path / "runs", tmp_path / "a"))
+    assert [n for n, r in rows.items() if r["status"] == "pending"] == [
+        "ride64_l1_ext", "ride64_l2", "ride64_l3", "ride128_l3", "eoride128_l3"]
+    assert rows["ride64_l1"]["verdict"] == "within tolerance" and rows["mcgsm12"]["verdict"] == "within tolerance"
+    direct = T.render_table(config, "table3", "paper", evals, trains, tmp_path / "b" / "table3.csv", tmp_path / "b" / "table3.md")
+    assert (tmp_path / "a" / "table3.md").read_text() == (tmp_path / "b" / "table3.md").read_text()
+    assert (tmp_path / "a" / "table3.csv").read_text() == (tmp_path / "b" / "table3.csv").read_text()
+    prov = json.loads((tmp_path / "a" / "table3.provenance.json").read_text())
+    assert prov["models"]["ride64_l1"]["sha256"] == hashlib.sha256(b"ride64_l1").hexdigest()
+    assert set(prov["models"]) == set(kept) and not any(prov["dataset_sha256"].values())
+    assert len(direct) == 9
+    # the command: the workflow's config (from the repository root) and the same table
+    monkeypatch.chdir(ROOT)
+    assert ride_main(["table", "render", "table3", "--scale", "paper", "--runs", str(tmp_path / "runs"),
+                      "--out-dir", str(tmp_path / "c")]) == 0
+    assert "(9 rows)" in capsys.readouterr().out
+    written = {r["row"]: r["status"] for r in T.read_csv(tmp_path / "c" / "table3.csv")}
+    assert written == {n: r["status"] for n, r in rows.items()}
+    # an eval without the model it cites is refused, naming the missing file
+    (tmp_path / "runs" / "ride64_l1" / "model.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ride64_l1/model\.pt is missing"):
+        T.render_from_runs(config, "table3", "paper", tmp_path / "runs", tmp_path / "d")
+
+
 def test_render_writes_csv_markdown_html_and_provenance(tmp_path, config):
     evals, trains, sums = write_inputs(tmp_path, config, shifted())
     out = tmp_path / "results" / "paper"
