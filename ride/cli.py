@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import atomic_write, load_attrs, load_images
+    from .data import atomic_write, load_attrs, load_images, sha256sum
     from .evaluate import evaluate, zscore_of_data
     from .kernels import tune_malloc
     from .provenance import provenance, resolve_device
@@ -94,7 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, zscore=zscore)
     except EvaluationError as err:
         raise EvaluationError(f"{args.model} on {args.data}: {err}") from None
-    result.update({"model": str(args.model), "data": str(args.data), "model_config": model.config,
+    result.update({"model": str(args.model), "data": str(args.data), "data_sha256": sha256sum(args.data),
+                   "model_config": model.config,
                    "provenance": provenance(device, model.train_summary.get("provenance", {}).get("seed"),
                                              time.perf_counter() - start)})
     text = json.dumps(result, indent=2)

@@ -133,12 +133,15 @@ def paired_difference_of_results(first: Mapping[str, Any], second: Mapping[str, 
     """:func:`paired_difference` of two eval.json results; ValueError unless they share their tiles.
 
     Both must come from the same data file and tiling (``data``, ``tile``, ``tile_image``); the
-    raw ``tile_rates`` are compared (a Z-score shift is the same for both and cancels).
+    file is identified by its checksum (``data_sha256``) where both record one (runs on different
+    machines have different paths), else by its path. The raw ``tile_rates`` are compared (a
+    Z-score shift is the same for both and cancels).
     """
     for key in ("tile_rates", "tile_image"):
         if key not in first or key not in second:
             raise ValueError(f"an eval result lacks '{key}': re-run `ride evaluate` to record per-tile rates")
-    for key in ("data", "tile", "tile_image"):
+    same_file = "data_sha256" if "data_sha256" in first and "data_sha256" in second else "data"
+    for key in (same_file, "tile", "tile_image"):
         if key in first and key in second and first[key] != second[key]:
             raise ValueError(f"the two results differ in '{key}': a paired difference needs the same tiles")
     # Every tile of a result scores the same number of pixels, so tiles weigh equally.

@@ -1,6 +1,7 @@
 """The ``ride`` command line: train, evaluate, sample; errors name the file and the fix."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def test_evaluate_writes_json_with_provenance(trained, ensemble):
     assert result["num_pixels"] == 8 * (144 if ensemble else 14 * 12)
     assert np.isfinite(result["bits_per_pixel"]) and result["sem"] > 0
     assert {"git_commit", "versions", "device", "command", "timestamp", "wall_time_s"} <= set(result["provenance"])
+    # the test file's checksum: rows evaluated on other machines (other paths) still pair by tile
+    assert result["data_sha256"] == hashlib.sha256((trained / "test.h5").read_bytes()).hexdigest()
 
 
 def test_sample_writes_images(trained):

@@ -118,6 +118,13 @@ def test_paired_difference_of_eval_results_checks_the_tiles():
     assert result.as_dict()["num_images"] == 2 and result.z == pytest.approx(0.625 / result.sem)
     with pytest.raises(ValueError, match="'data'"):
         st.paired_difference_of_results(a, {**b, "data": "other.h5"})
+    # the file's checksum, where both record one, decides over its path (runs from other machines)
+    moved = {**b, "data": "/elsewhere/test.h5", "data_sha256": "ab" * 32}
+    assert st.paired_difference_of_results({**a, "data_sha256": "ab" * 32}, moved).mean == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="'data_sha256'"):
+        st.paired_difference_of_results({**a, "data_sha256": "cd" * 32}, {**b, "data_sha256": "ab" * 32})
+    with pytest.raises(ValueError, match="'data'"):
+        st.paired_difference_of_results(a, moved)  # one without a checksum: the paths decide
     with pytest.raises(ValueError, match="'tile_image'"):
         st.paired_difference_of_results(a, {**b, "tile_image": [0, 1, 1, 1]})
     with pytest.raises(ValueError, match="same tiles"):
