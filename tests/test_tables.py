@@ -494,6 +494,11 @@ def test_render_from_kept_runs_equals_render_table_and_leaves_absent_rows_pendin
     prov = json.loads((tmp_path / "a" / "table3.provenance.json").read_text())
     assert prov["models"]["ride64_l1"]["sha256"] == hashlib.sha256(b"ride64_l1").hexdigest()
     assert set(prov["models"]) == set(kept) and not any(prov["dataset_sha256"].values())
+    assert prov["git_commits"] == ["abc123"]
+    (tmp_path / "runs" / "mcgsm12" / "train.json").write_text(json.dumps({"provenance": {"git_commit": "def456"}}))
+    prov = json.loads((T.render_from_runs(config, "table3", "paper", tmp_path / "runs", tmp_path / "a"),
+                       tmp_path / "a" / "table3.provenance.json")[1].read_text())
+    assert prov["git_commits"] == ["abc123", "def456"]  # the training's commit too
     assert len(direct) == 9
     # the command: the workflow's config (from the repository root) and the same table
     monkeypatch.chdir(ROOT)
