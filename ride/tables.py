@@ -79,6 +79,8 @@ __all__ = [
     "order_pairs",
     "read_csv",
     "rejudge",
+    "render_from_runs",
+    "render_inputs",
     "render_table",
     "seed_spread",
     "write_csv",
@@ -563,14 +565,22 @@ def render_from_runs(
         if key.startswith("eval_") and f"model_{key[5:]}" not in found:
             raise FileNotFoundError(f"{found[key]} has no model beside it: {files['model_' + key[5:]]} is missing "
                                     "(copy the run's model.pt with its eval.json)")
-
-    def pick(kind: str) -> dict[str, str]:
-        return {k[len(kind):]: v for k, v in found.items() if k.startswith(kind)}
-
     out = Path(out_dir)
-    return render_table(cfg, table, scale, pick("eval_"), pick("train_"), out / f"{table}.csv", out / f"{table}.md",
-                        out / f"{table}.html", out / f"{table}.provenance.json", benchmark_paths=pick("bench_"),
-                        dataset_checksums=pick("checksum_"), model_paths=pick("model_"),
+    return render_inputs(cfg, table, scale, found, out / f"{table}.csv", out / f"{table}.md", out / f"{table}.html",
+                         out / f"{table}.provenance.json", extra_provenance)
+
+
+def render_inputs(
+    config: Mapping[str, Any], table: str, scale: str, inputs: Mapping[str, str], out_csv: str | Path,
+    out_md: str | Path, out_html: str | Path, out_provenance: str | Path, extra_provenance: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`render_table` on files keyed as ``E.table_input_files`` keys them (``eval_<row>``,
+    ``train_<row>``, ``bench_<row>``, ``checksum_<part>``, ``model_<row>``): rule ``table``'s inputs."""
+    def pick(kind: str) -> dict[str, str]:
+        return {k[len(kind):]: str(v) for k, v in inputs.items() if k.startswith(kind)}
+
+    return render_table(config, table, scale, pick("eval_"), pick("train_"), out_csv, out_md, out_html, out_provenance,
+                        benchmark_paths=pick("bench_"), dataset_checksums=pick("checksum_"), model_paths=pick("model_"),
                         extra_provenance=extra_provenance)
 
 
