@@ -466,8 +466,8 @@ def provenance(
     """``results/<scale>/<table>.provenance.json``: what produced every row."""
     spec = E.table_spec(config, table)
     # every commit behind a row: its evaluation's and its training's (rows may come from other runs)
-    commits = sorted({str((d.get("provenance") or {}).get("git_commit"))
-                      for d in [*evals.values(), *trains.values()] if d and (d.get("provenance") or {}).get("git_commit")})
+    commits = sorted({str(c) for d in [*evals.values(), *trains.values()]
+                      if d and (c := (d.get("provenance") or {}).get("git_commit"))})
     return {
         "table": spec["title"],
         "scale": scale,
