@@ -14,7 +14,7 @@ interleaved rep by rep so that a shared machine slows all of them alike (medians
   timed right before and right after every timed step of the selected implementation (median
   over all of them), and ``roofline_px_per_s = gemm_flops / flops_per_px``;
 * with ``--cuda-graph`` (CUDA): the selected implementation's step is replayed from a CUDA graph
-  (``ride.cuda_graph.GraphedLoss``, as training with ``RIDE_CUDA_GRAPH=1``) and the same step
+  (``ride.cuda_graph.GraphedLoss``, as training on CUDA does by default) and the same step
   eager is timed in the same reps (``eager_px_per_s``, ``graph_over_eager``);
 * ``frac_roofline``: the median over reps of the step's px/s over the roofline of the two GEMMs
   around it (``frac_roofline_reps``). A shared machine's speed drifts by tens of percent within
@@ -370,7 +370,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wavefront", action="store_true", help="also time impl='wavefront' in the same reps")
     p.add_argument("--cuda-graph", action="store_true",
                    help="CUDA: time the selected implementation's step replayed from a CUDA graph (ride.cuda_graph, "
-                        "as training with RIDE_CUDA_GRAPH=1), and the eager step beside it")
+                        "as training on CUDA does unless RIDE_CUDA_GRAPH=0), and the eager step beside it")
     p.add_argument("--reps", type=int, default=5, help="timed training steps per configuration")
     p.add_argument("--per-pixel-reps", type=int, default=2, help="timed steps of the per-pixel schedule")
     p.add_argument("--max-per-pixel-px", type=int, default=200_000,

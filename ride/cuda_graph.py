@@ -7,7 +7,8 @@ overhead. Replaying a captured graph issues all of those launches at once.
 
 :class:`GraphedLoss` captures ``model.loss(batch).backward()`` for one batch shape; the optimiser
 step stays outside (eager), so a non-finite loss can still be caught before it is applied.
-Training uses it on CUDA where ``RIDE_CUDA_GRAPH=1``; ``ride bench --cuda-graph`` times it.
+Training on CUDA uses it unless ``RIDE_CUDA_GRAPH=0`` (on by default since its CUDA tests passed on an
+H200, results/benchmarks/gpu-h200-2026-11-27/); ``ride bench --cuda-graph`` times it.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from .neighborhood import check_images
 
 
 def graphs_enabled(device: torch.device) -> bool:
-    """Whether training on ``device`` replays its steps from a CUDA graph (CUDA and ``RIDE_CUDA_GRAPH=1``)."""
-    return device.type == "cuda" and os.environ.get("RIDE_CUDA_GRAPH", "0") == "1"
+    """Whether training on ``device`` replays its steps from a CUDA graph (CUDA, unless ``RIDE_CUDA_GRAPH=0``)."""
+    return device.type == "cuda" and os.environ.get("RIDE_CUDA_GRAPH", "1") != "0"
 
 
 class GraphedLoss:

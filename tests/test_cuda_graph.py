@@ -106,8 +106,10 @@ def test_graphed_loss_needs_a_cuda_batch():
         GraphedLoss(model, images)
 
 
-def test_graphs_are_opt_in_and_cuda_only(monkeypatch):
+def test_graphs_are_on_by_default_on_cuda_only(monkeypatch):
     monkeypatch.delenv("RIDE_CUDA_GRAPH", raising=False)
+    assert graphs_enabled(torch.device("cuda")) and not graphs_enabled(torch.device("cpu"))
+    monkeypatch.setenv("RIDE_CUDA_GRAPH", "0")
     assert not graphs_enabled(torch.device("cuda"))
     monkeypatch.setenv("RIDE_CUDA_GRAPH", "1")
     assert graphs_enabled(torch.device("cuda")) and not graphs_enabled(torch.device("cpu"))

@@ -3,7 +3,7 @@
 # model_config, train, evaluate of workflow/rules/), for machines without Snakemake:
 #   bash tools/gpu_rows.sh mcgsm12 [more variants]   -> $OUT/<variant>_{train,eval}.json, <variant>_model.pt
 # Training resumes from its checkpoint (as the workflow's rule does): a row cut off by a time limit
-# goes on in the next call on the same machine. RIDE_CUDA_GRAPH=1 trains with CUDA graphs.
+# goes on in the next call on the same machine. Training replays CUDA graphs unless RIDE_CUDA_GRAPH=0.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 DEVICE=${DEVICE:-cuda}
